@@ -1,0 +1,385 @@
+"""Command line of the BIDS App: ``bids_pcs BIDS_DIR OUTPUT_DIR ANALYSIS_LEVEL [options]``.
+
+Only click and the standard library are imported here, so ``--help`` and
+``--version`` answer at once; each analysis level lives in
+``bids_pcs.levels.<level>`` and is imported only when it runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import os
+import re
+import tempfile
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bids_pcs import __version__
+from bids_pcs.errors import BidsPcsError, DeviceError, OutputError
+
+LOGGER = logging.getLogger("bids_pcs")
+
+LEVELS = ("participant", "group", "pretrain", "finetune", "study")
+PRETRAIN_METHODS = ("reconstruction", "contrastive", "adversarial", "diffusion")
+STRATEGIES = ("top", "decoder", "full", "lora")
+# options taking several space-separated values, as in every BIDS App
+MULTI_VALUE_OPTIONS = ("--participant-label", "--participant_label", "--session-label",
+                       "--session_label", "--methods", "--strategies", "--set")
+# which options belong to which level (anything else is a usage error)
+LEVEL_OPTIONS = {
+    "model": ("participant",),
+    "method": ("pretrain",),
+    "init": ("finetune",),
+    "strategy": ("finetune",),
+    "labels": ("finetune", "study"),
+    "methods": ("study",),
+    "strategies": ("study",),
+    "resume": ("pretrain", "finetune", "study"),
+    "model_name": ("pretrain", "finetune"),
+}
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class BidsAppCommand(click.Command):
+    """A click command whose multi-valued options take space-separated values.
+
+    ``--participant-label 01 02`` becomes ``--participant-label 01
+    --participant-label 02`` before click parses it; values run until the next
+    token that starts with ``-``.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, expand_multi_values(args, MULTI_VALUE_OPTIONS))
+
+
+def expand_multi_values(args: list[str], names: tuple[str, ...]) -> list[str]:
+    """Repeat a multi-valued option before each of its space-separated values."""
+    out: list[str] = []
+    current: str | None = None
+    taken = 0
+    for token in args:
+        if token in names:
+            current, taken = token, 0
+            continue
+        if current is not None:
+            if token.startswith("-") and not _is_number(token):
+                if taken == 0:
+                    out.append(current)  # let click report the missing value
+                current = None
+            else:
+                out += [current, token]
+                taken += 1
+                continue
+        out.append(token)
+    if current is not None and taken == 0:
+        out.append(current)
+    return out
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def _validate_device(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    if not _DEVICE.match(value):
+        raise click.BadParameter("use auto, cpu, cuda or cuda:N (e.g. cuda:1).")
+    return value
+
+
+@click.command(cls=BidsAppCommand, context_settings={"help_option_names": ["-h", "--help"],
+                                                     "max_content_width": 100})
+@click.argument("bids_dir", type=click.Path(path_type=Path))
+@click.argument("output_dir", type=click.Path(path_type=Path))
+@click.argument("analysis_level", type=click.Choice(LEVELS))
+@click.option("--participant-label", "--participant_label", "participant_label", multiple=True,
+              metavar="LABEL [LABEL ...]",
+              help="Participants to process, with or without 'sub-' (default: all).")
+@click.option("--session-label", "--session_label", "session_label", multiple=True,
+              metavar="LABEL [LABEL ...]",
+              help="Sessions to process, with or without 'ses-' (default: all).")
+@click.option("-w", "--work-dir", type=click.Path(path_type=Path),
+              help="Intermediate files; reused to resume (default: a folder in the system "
+                   "temporary directory named after OUTPUT_DIR). Never inside BIDS_DIR.")
+@click.option("--nprocs", type=click.IntRange(min=1), default=None,
+              help="Images processed in parallel (default: all available CPUs).")
+@click.option("--omp-nthreads", type=click.IntRange(min=1), default=None,
+              help="Threads per process for ITK/ANTs and PyTorch (default: min(nprocs, 8)).")
+@click.option("--device", default="auto", show_default=True, callback=_validate_device,
+              help="Compute device for the network: auto, cpu, cuda or cuda:N.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Random seed (registration, splits, training).")
+@click.option("--skip-bids-validation", "--skip_bids_validation", "skip_bids_validation",
+              is_flag=True, help="Do not run bids-validator-deno on BIDS_DIR.")
+@click.option("--recipe", default="default", show_default=True, metavar="NAME|FILE.toml",
+              help="Run recipe: a name from pipelines/ or a TOML file.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Change one recipe setting, e.g. --set pretrain.epochs=5 (TOML values).")
+@click.option("--model", type=click.Path(path_type=Path),
+              help="[participant] Model directory: also infer PCS masks and classes.")
+@click.option("--method", type=click.Choice(PRETRAIN_METHODS),
+              help="[pretrain] Self-supervised method (default: the recipe's).")
+@click.option("--init", "init",
+              help="[finetune] A pre-trained model directory, or 'scratch'.")
+@click.option("--strategy", type=click.Choice(STRATEGIES),
+              help="[finetune] Fine-tuning strategy (default: the recipe's).")
+@click.option("--labels", type=click.Path(path_type=Path),
+              help="[finetune, study] BIDS derivative dataset with PCS labels.")
+@click.option("--methods", multiple=True, type=click.Choice(("scratch",) + PRETRAIN_METHODS),
+              metavar="M [M ...]", help="[study] Pre-training methods of the grid.")
+@click.option("--strategies", multiple=True, type=click.Choice(STRATEGIES),
+              metavar="S [S ...]", help="[study] Fine-tuning strategies of the grid.")
+@click.option("--model-name", help="[pretrain, finetune] Name of the model folder under "
+                                   "OUTPUT_DIR/models/ (default: from method and strategy).")
+@click.option("--resume", is_flag=True,
+              help="[pretrain, finetune, study] Continue from the last checkpoint.")
+@click.option("-v", "--verbose", count=True, help="More output; -v shows tracebacks.")
+@click.version_option(__version__, "--version", prog_name="bids_pcs")
+def cli(**options: Any) -> None:
+    """Find and classify the paracingulate sulcus (PCS) in T1w images of a BIDS dataset.
+
+    \b
+    ANALYSIS_LEVEL is one of
+      participant  register and crop each T1w image; with --model also infer
+                   PCS masks, classes, lengths and write a report
+      group        summarise participant outputs found in OUTPUT_DIR
+      pretrain     self-supervised pre-training on the crops (--method)
+      finetune     supervised fine-tuning (--init, --strategy, --labels)
+      study        every pre-training method x fine-tuning strategy, compared
+
+    \b
+    Examples
+      bids_pcs /data /out participant --participant-label 01 02
+      bids_pcs /data /out pretrain --method contrastive
+      bids_pcs /data /out finetune --init /out/models/pretrain-contrastive \\
+          --strategy lora --labels /data/derivatives/pcs-labels
+      bids_pcs /data /out participant --model /out/models/finetune-contrastive-lora
+      bids_pcs /data /out group
+    """
+    ctx = click.get_current_context()
+    verbose = options["verbose"]
+    try:
+        settings = build_settings(options)
+        check_level_options(options)
+        _execute(settings)
+    except click.UsageError:
+        raise
+    except BidsPcsError as exc:
+        if verbose:
+            LOGGER.exception("error")
+        click.echo(f"bids_pcs: error: {exc}", err=True)
+        ctx.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("bids_pcs: interrupted; finished outputs are kept, rerun to resume.", err=True)
+        ctx.exit(130)
+    except Exception as exc:  # a bug: say where the details are
+        LOGGER.debug("unexpected error", exc_info=True)
+        if verbose:
+            raise
+        click.echo(f"bids_pcs: internal error: {type(exc).__name__}: {exc} "
+                   "(rerun with -v for the traceback; the run log has it too).", err=True)
+        ctx.exit(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    cli.main(args=argv, prog_name="bids_pcs")
+
+
+def check_level_options(options: dict[str, Any]) -> None:
+    """Refuse options that do not apply to the chosen level, and missing required ones."""
+    level = options["analysis_level"]
+    for name, levels in LEVEL_OPTIONS.items():
+        value = options.get(name)
+        if value and level not in levels:
+            flag = "--" + name.replace("_", "-")
+            raise click.UsageError(f"{flag} applies only to the {' and '.join(levels)} level(s).")
+    if level == "finetune":
+        if not options.get("init"):
+            raise click.UsageError("finetune needs --init MODEL_DIR or --init scratch.")
+        if not options.get("labels"):
+            raise click.UsageError("finetune needs --labels LABELS_DIR (a PCS label dataset).")
+    if level == "study" and not options.get("labels"):
+        raise click.UsageError("study needs --labels LABELS_DIR (a PCS label dataset).")
+
+
+def build_settings(options: dict[str, Any]):
+    """Settings of this run: the recipe, then --set values, then the run's own options."""
+    from bids_pcs.config import load_settings
+
+    bids_dir = options["bids_dir"].expanduser().absolute()
+    output_dir = options["output_dir"].expanduser().absolute()
+    work_dir = options["work_dir"]
+    work_dir = (work_dir.expanduser().absolute() if work_dir is not None
+                else default_work_dir(output_dir))
+    nprocs = options["nprocs"] or _available_cpus()
+    omp = options["omp_nthreads"] or min(nprocs, 8)
+
+    overrides = parse_overrides(options["overrides"])
+    run = {
+        "bids_dir": str(bids_dir),
+        "output_dir": str(output_dir),
+        "analysis_level": options["analysis_level"],
+        "work_dir": str(work_dir),
+        "participant_label": list(options["participant_label"]),
+        "session_label": list(options["session_label"]),
+        "nprocs": nprocs,
+        "omp_nthreads": omp,
+        "device": options["device"],
+        "seed": options["seed"],
+        "skip_bids_validation": options["skip_bids_validation"],
+        "verbose": options["verbose"],
+        "model": str(Path(options["model"]).absolute()) if options["model"] else "",
+        "init": _init_value(options["init"]),
+        "labels": str(Path(options["labels"]).absolute()) if options["labels"] else "",
+        "resume": options["resume"],
+        "model_name": options["model_name"] or "",
+    }
+    overrides.setdefault("run", {}).update(run)
+    if options["method"]:
+        overrides.setdefault("pretrain", {})["method"] = options["method"]
+    if options["strategy"]:
+        overrides.setdefault("finetune", {})["strategy"] = options["strategy"]
+    if options["methods"]:
+        overrides.setdefault("study", {})["methods"] = list(options["methods"])
+    if options["strategies"]:
+        overrides.setdefault("study", {})["strategies"] = list(options["strategies"])
+    return load_settings(options["recipe"], overrides)
+
+
+def parse_overrides(items: tuple[str, ...]) -> dict[str, Any]:
+    """``("pretrain.epochs=5",)`` -> ``{"pretrain": {"epochs": 5}}`` (values parsed as TOML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or "." not in key:
+            raise click.UsageError(f"--set {item!r}: expected SECTION.KEY=VALUE, "
+                                   "e.g. --set finetune.epochs=10.")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw  # a bare word is a string
+        *sections, leaf = key.split(".")
+        node = out
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[leaf] = value
+    return out
+
+
+def default_work_dir(output_dir: Path) -> Path:
+    """A work dir in the temporary directory, stable per OUTPUT_DIR so reruns resume."""
+    digest = hashlib.sha1(str(output_dir).encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / f"bids_pcs_work_{digest}"
+
+
+def check_paths(settings) -> None:
+    """Refuse OUTPUT_DIR or the work dir inside BIDS_DIR, and a missing BIDS_DIR."""
+    from bids_pcs.io.bids_input import check_bids_dir
+
+    run = settings.run
+    bids_dir, output_dir, work_dir = (Path(run.bids_dir), Path(run.output_dir),
+                                      Path(run.work_dir))
+    if run.analysis_level != "group":
+        check_bids_dir(bids_dir)
+    if _is_within(output_dir, bids_dir):
+        raise OutputError(f"OUTPUT_DIR {output_dir} is BIDS_DIR or inside it; write derivatives "
+                          "outside the raw dataset (e.g. next to it).")
+    if _is_within(work_dir, bids_dir):
+        raise OutputError(f"Work dir {work_dir} is inside BIDS_DIR {bids_dir}; choose another "
+                          "--work-dir outside the raw dataset.")
+    if run.labels and not Path(run.labels).is_dir():
+        raise OutputError(f"Label dataset {run.labels} does not exist; give --labels the path of "
+                          "a PCS label derivative dataset.")
+
+
+def check_device(device: str) -> None:
+    """Refuse ``--device cuda`` on a machine without a usable GPU, before any work."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise DeviceError(f"--device {device} was asked for but no CUDA GPU is available here; "
+                          "use --device cpu or auto.")
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        raise DeviceError(f"--device {device} does not exist; this machine has "
+                          f"{torch.cuda.device_count()} GPU(s) (cuda:0 ...).")
+
+
+def _execute(settings) -> None:
+    from bids_pcs.runlog import dump_config, new_run_id, setup_console_logging, start_run_log
+
+    setup_console_logging(settings.run.verbose)
+    check_paths(settings)
+    check_device(settings.run.device)
+    level = settings.run.analysis_level
+    module = importlib.import_module(f"bids_pcs.levels.{level}")
+
+    from bids_pcs.io.derivatives import init_derivatives
+
+    bids_dir = Path(settings.run.bids_dir)
+    output_dir = Path(settings.run.output_dir)
+    init_derivatives(output_dir, bids_dir if bids_dir.is_dir() else None)
+    run_id = new_run_id()
+    settings = settings.replace(run={"run_id": run_id})
+    start_run_log(output_dir, level, run_id)
+    config_path = dump_config(output_dir, level, run_id, settings)
+    LOGGER.debug("configuration written to %s", config_path)
+    _set_threads(settings.run.omp_nthreads)
+
+    if level != "group":
+        if not settings.run.skip_bids_validation:
+            from bids_pcs.io.validator import check_bids_valid
+
+            check_bids_valid(bids_dir)
+        from bids_pcs.io.bids_input import collect_t1w
+
+        # fail on a bad selection before any level starts work
+        images = collect_t1w(bids_dir, settings.run.participant_label,
+                             settings.run.session_label)
+        LOGGER.info("%d T1w image(s) selected: %s", len(images),
+                    ", ".join(im.prefix for im in images[:10])
+                    + (" ..." if len(images) > 10 else ""))
+    module.run(settings)
+    LOGGER.info("%s level finished; outputs in %s", level, output_dir)
+
+
+def _set_threads(n: int) -> None:
+    # ITK reads this when ANTs starts; BLAS and torch read theirs at import
+    for name in ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS",
+                 "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(n)
+
+
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _init_value(value: str | None) -> str:
+    if not value:
+        return ""
+    if value == "scratch":
+        return "scratch"
+    return str(Path(value).absolute())
+
+
+def _is_within(path: Path, parent: Path) -> bool:
+    path, parent = path.resolve(), parent.resolve()
+    return path == parent or parent in path.parents
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

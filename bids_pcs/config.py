@@ -1,0 +1,364 @@
+"""Run settings, read in one place and dumped once per run.
+
+A run is configured by data, not by flags threaded through the code: a
+*recipe* (a TOML file in ``pipelines/``, selectable by name, or any TOML file
+path) fixes the template, the crop geometry, the registration, the network and
+the training hyper-parameters; the command line adds what is specific to one
+run (directories, participants, device, seed).  Every model written records the
+recipe sections it depends on, and every run dumps the effective settings to
+``OUTPUT_DIR/logs/``.
+
+Usage::
+
+    settings = load_settings("default", overrides={"pretrain": {"epochs": 2}})
+    settings.crop.shape_vox  # (32, 96, 64)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from bids_pcs.errors import BidsPcsError
+
+PCS_CLASSES: tuple[str, ...] = ("absent", "present", "prominent")
+HEMISPHERES: tuple[str, ...] = ("L", "R")
+
+
+@dataclass(frozen=True)
+class TemplateSettings:
+    """The registration target: nilearn's copy of ICBM 2009a nonlinear symmetric."""
+
+    name: str = "MNI152NLin2009aSym"
+    resolution_mm: float = 1.0
+
+
+@dataclass(frozen=True)
+class CropSettings:
+    """One box per hemisphere, fixed in template millimetres (RAS).
+
+    ``left_min_mm`` is the corner with the smallest x, y, z of the left box;
+    the right box is its mirror image across the mid-sagittal plane (x = 0).
+    With ``mirror_right`` the right crop is flipped left-right so that one
+    model sees every hemisphere as a left one.
+    """
+
+    size_mm: tuple[int, int, int] = (32, 96, 64)
+    voxel_mm: float = 1.0
+    left_min_mm: tuple[float, float, float] = (-30.0, -16.0, -6.0)
+    mirror_right: bool = True
+
+    @property
+    def shape_vox(self) -> tuple[int, int, int]:
+        return tuple(int(round(s / self.voxel_mm)) for s in self.size_mm)  # type: ignore[return-value]
+
+    def min_mm(self, hemisphere: str) -> tuple[float, float, float]:
+        """Smallest-coordinate corner of the box of ``hemisphere`` in template mm."""
+        x, y, z = self.left_min_mm
+        if hemisphere == "L":
+            return (x, y, z)
+        if hemisphere == "R":
+            return (-(x + self.size_mm[0]), y, z)
+        raise ValueError(f"hemisphere must be 'L' or 'R', not {hemisphere!r}")
+
+
+@dataclass(frozen=True)
+class RegistrationSettings:
+    """How each T1w image is aligned to the template."""
+
+    n4: bool = True
+    # registration runs coarse-to-fine; the last level works on the crop region
+    coarse_mm: float = 4.0
+    fine_mm: float = 2.0
+    refine_on_region: bool = True
+    deformable: bool = False
+    # QC: Pearson correlation with the template inside the union of both boxes
+    qc_min_correlation: float = 0.5
+    random_seed: int = 0
+
+
+@dataclass(frozen=True)
+class IntensitySettings:
+    """Normalisation of crop intensities before they reach the network."""
+
+    method: str = "percentile"  # "percentile" (robust min-max) or "zscore"
+    lower_percentile: float = 1.0
+    upper_percentile: float = 99.0
+
+
+@dataclass(frozen=True)
+class LabelSettings:
+    """Label map of the PCS segmentation and the length thresholds of its classes."""
+
+    classes: tuple[str, ...] = PCS_CLASSES
+    present_min_mm: float = 20.0
+    prominent_min_mm: float = 40.0
+    # dseg index -> (name, abbreviation, colour) in desc-pcs_dseg.tsv
+    dseg_left: int = 1
+    dseg_right: int = 2
+
+    def class_from_length(self, length_mm: float) -> str:
+        """Class of a PCS from its length, with the Yuecel et al. (2001) thresholds."""
+        if length_mm > self.prominent_min_mm:
+            return "prominent"
+        if length_mm >= self.present_min_mm:
+            return "present"
+        return "absent"
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The multi-task network (see :mod:`bids_pcs.models`)."""
+
+    architecture: str = "swinunetr"  # "swinunetr" (paper) or "cnn" (small, for CPU)
+    feature_size: int = 24
+    depths: tuple[int, ...] = (2, 2, 2, 2)
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    dropout: float = 0.0
+    use_checkpoint: bool = False
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    """Self-supervised pre-training (see :mod:`bids_pcs.pretraining`)."""
+
+    method: str = "reconstruction"
+    epochs: int = 20
+    batch_size: int = 2
+    accumulate_steps: int = 1
+    learning_rate: float = 2e-4
+    weight_decay: float = 1e-5
+    # per-method hyper-parameters, e.g. {"reconstruction": {"mask_ratio": 0.4}}
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """Supervised fine-tuning (see :mod:`bids_pcs.finetuning`)."""
+
+    strategy: str = "full"
+    epochs: int = 30
+    batch_size: int = 2
+    accumulate_steps: int = 1
+    learning_rate: float = 2e-4
+    weight_decay: float = 1e-5
+    segmentation_weight: float = 0.8
+    classification_weight: float = 0.2
+    segmentation_loss: str = "dice_ce"  # "dice_ce" or "dice_focal"
+    validation_fraction: float = 0.2
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """Prediction on new participants."""
+
+    flip_tta: bool = False
+    threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """The methods x strategies grid of the source paper."""
+
+    methods: tuple[str, ...] = ("scratch", "reconstruction", "contrastive", "adversarial",
+                                "diffusion")
+    strategies: tuple[str, ...] = ("top", "decoder", "full", "lora")
+    train_fraction: float = 0.6
+    validation_fraction: float = 0.2
+    test_fraction: float = 0.2
+    folds: int = 0
+    bootstrap_samples: int = 1000
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What the command line says about this one run."""
+
+    bids_dir: str = ""
+    output_dir: str = ""
+    analysis_level: str = ""
+    work_dir: str = ""
+    participant_label: tuple[str, ...] = ()
+    session_label: tuple[str, ...] = ()
+    nprocs: int = 1
+    omp_nthreads: int = 1
+    device: str = "auto"
+    seed: int = 0
+    skip_bids_validation: bool = False
+    verbose: int = 0
+    recipe: str = "default"
+    model: str = ""
+    init: str = ""
+    labels: str = ""
+    resume: bool = False
+    model_name: str = ""
+    run_id: str = ""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a run needs to know, as one immutable object."""
+
+    run: RunSettings = field(default_factory=RunSettings)
+    template: TemplateSettings = field(default_factory=TemplateSettings)
+    crop: CropSettings = field(default_factory=CropSettings)
+    registration: RegistrationSettings = field(default_factory=RegistrationSettings)
+    intensity: IntensitySettings = field(default_factory=IntensitySettings)
+    labels: LabelSettings = field(default_factory=LabelSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    pretrain: PretrainSettings = field(default_factory=PretrainSettings)
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    inference: InferenceSettings = field(default_factory=InferenceSettings)
+    study: StudySettings = field(default_factory=StudySettings)
+
+    def replace(self, **sections: dict[str, Any]) -> Settings:
+        """A copy with some fields of some sections changed: ``replace(run={"seed": 3})``."""
+        return merge(self, sections)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+
+class RecipeError(BidsPcsError):
+    """A recipe cannot be found or does not describe valid settings."""
+
+
+def available_recipes() -> list[str]:
+    """Names of the recipes shipped in ``pipelines/``."""
+    root = resources.files("bids_pcs.pipelines")
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
+
+
+def read_recipe(name_or_path: str) -> dict[str, Any]:
+    """The raw mapping of a recipe given by name (``pipelines/NAME.toml``) or by path."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" and path.is_file():
+        text = path.read_text()
+        source = str(path)
+    else:
+        candidate = resources.files("bids_pcs.pipelines") / f"{name_or_path}.toml"
+        if not candidate.is_file():
+            raise RecipeError(
+                f"Recipe {name_or_path!r} not found: give a TOML file path or one of "
+                f"{', '.join(available_recipes())}."
+            )
+        text = candidate.read_text()
+        source = f"pipelines/{name_or_path}.toml"
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"Recipe {source} is not valid TOML ({exc}); fix the file.") from exc
+    # a recipe may build on another one
+    base = data.pop("extends", None)
+    if base:
+        data = _deep_update(read_recipe(base), data)
+    return data
+
+
+def load_settings(recipe: str = "default", overrides: dict[str, Any] | None = None) -> Settings:
+    """Settings from a recipe, then ``overrides`` (same nesting as the recipe)."""
+    data = read_recipe(recipe)
+    if overrides:
+        data = _deep_update(data, overrides)
+    data.setdefault("run", {})
+    data["run"] = {**data["run"], "recipe": recipe}
+    return _build(Settings, data, "settings")
+
+
+def merge(settings: Settings, changes: dict[str, Any]) -> Settings:
+    """``settings`` with ``changes`` (nested mapping) applied, validated like a recipe."""
+    return _build(Settings, _deep_update(settings.to_dict(), changes), "settings")
+
+
+def settings_from_dict(data: dict[str, Any]) -> Settings:
+    """Rebuild settings from :meth:`Settings.to_dict` output (as in a config dump)."""
+    return _build(Settings, data, "settings")
+
+
+def dump_settings_toml(settings: Settings) -> str:
+    """The effective settings as TOML text (the per-run config dump)."""
+    import tomli_w
+
+    return tomli_w.dumps(_drop_empty(settings.to_dict()))
+
+
+def _deep_update(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "options":
+            out[key] = _deep_update(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise RecipeError(f"[{where}] must be a table, not {type(data).__name__}.")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise RecipeError(
+            f"Unknown setting(s) {', '.join(unknown)} in [{where}]; valid ones are "
+            f"{', '.join(sorted(known))}."
+        )
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where.split(".", 1)[-1])
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise RecipeError(f"{where} must be a list, not {value!r}.")
+        args = typing.get_args(hint)
+        item = args[0] if args else Any
+        return tuple(_coerce(item, v, where) for v in value)
+    if origin in (dict, types.UnionType) or hint is Any:
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise RecipeError(f"{where} must be true or false, not {value!r}.")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise RecipeError(f"{where} must be a number, not {value!r}.")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RecipeError(f"{where} must be an integer, not {value!r}.")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise RecipeError(f"{where} must be a string, not {value!r}.")
+        return value
+    return value
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _drop_empty(value: Any) -> Any:
+    # TOML has no null; empty strings stay, None values are dropped
+    if isinstance(value, dict):
+        return {k: _drop_empty(v) for k, v in value.items() if v is not None}
+    return value

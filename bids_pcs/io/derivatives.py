@@ -1,0 +1,241 @@
+"""The BIDS derivative dataset that every level writes into.
+
+One writer for all levels: the dataset-level files (dataset_description.json,
+.bidsignore, desc-pcs_dseg.tsv), BIDS names built from entities in the order
+the BIDS schema fixes, and JSON sidecars whose ``Sources`` are BIDS URIs.
+Every file goes through :mod:`bids_pcs.io.atomic`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bids_pcs import APP_NAME, CODE_URL, __version__
+from bids_pcs.errors import OutputError
+from bids_pcs.io.atomic import write_json, write_text
+from bids_pcs.io.bids_input import T1wImage
+
+BIDS_VERSION = "1.10.0"
+
+# derivative entities in BIDS schema order (after the raw ones that name the
+# source image); "from", "to" and "mode" name transforms (BEP014 draft).
+# "hemi" is left out on purpose: BIDS allows it for surfaces only, so the
+# validator rejects it on volumes; the hemisphere goes into desc or label
+# instead (see crop_path and probseg_path).
+_DERIVATIVE_ENTITY_ORDER = ("from", "to", "mode", "space", "res", "label", "desc")
+TEMPLATE_SPACE = "MNI152NLin2009aSym"
+
+# files the BIDS specification does not define yet; listed in .bidsignore
+BIDSIGNORE_PATTERNS = (
+    "logs/",
+    "models/",
+    "study/",
+    "figures/",
+    "*.html",
+    "*_xfm.*",
+    "*_pcs.tsv",
+    "*_pcs.json",
+    "*_qc.json",
+    "group_pcs.*",
+)
+
+# label map of the PCS segmentation (desc-pcs_dseg)
+DSEG_LOOKUP = (
+    # index, name, abbreviation, colour
+    (0, "background", "BG", "#000000"),
+    (1, "left paracingulate sulcus", "PCSL", "#e6194b"),
+    (2, "right paracingulate sulcus", "PCSR", "#3cb44b"),
+)
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """What the container image says about itself (set as ENV in the Dockerfile)."""
+
+    type: str | None
+    tag: str | None
+
+    @classmethod
+    def from_environment(cls) -> ContainerInfo:
+        return cls(type=os.environ.get("BIDS_PCS_CONTAINER_TYPE") or None,
+                   tag=os.environ.get("BIDS_PCS_CONTAINER_TAG") or None)
+
+
+def dataset_description(source_datasets: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    """Content of the derivative dataset_description.json."""
+    generated_by: dict[str, Any] = {
+        "Name": APP_NAME,
+        "Version": __version__,
+        "CodeURL": CODE_URL,
+        "Description": "Paracingulate sulcus detection and classification",
+    }
+    container = ContainerInfo.from_environment()
+    if container.type:
+        generated_by["Container"] = {"Type": container.type}
+        if container.tag:
+            generated_by["Container"]["Tag"] = container.tag
+    description: dict[str, Any] = {
+        "Name": "bids_pcs derivatives: paracingulate sulcus",
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "derivative",
+        "GeneratedBy": [generated_by],
+    }
+    if source_datasets:
+        description["SourceDatasets"] = source_datasets
+    return description
+
+
+def init_derivatives(output_dir: Path, bids_dir: Path | None = None) -> Path:
+    """Create OUTPUT_DIR and its dataset-level files; safe to call from concurrent runs.
+
+    Files are rewritten atomically with identical content, so several runs
+    started at once all end with one valid dataset_description.json.
+    """
+    output_dir = Path(output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(
+            f"OUTPUT_DIR {output_dir} is not writable ({exc.strerror}); "
+            "choose a directory you can write to."
+        ) from exc
+    sources = None
+    if bids_dir is not None:
+        uri = Path(bids_dir).absolute().as_uri()
+        sources = [{"URL": uri}]
+        raw_description = Path(bids_dir) / "dataset_description.json"
+        try:
+            doi = json.loads(raw_description.read_text()).get("DatasetDOI")
+        except (OSError, ValueError):
+            doi = None
+        if doi:
+            sources[0]["DOI"] = doi
+    description = dataset_description(sources)
+    if bids_dir is not None:
+        description["DatasetLinks"] = {"raw": Path(bids_dir).absolute().as_uri()}
+    existing = _read_json(output_dir / "dataset_description.json")
+    # keep links to raw datasets written by earlier runs (e.g. the group level)
+    if existing and "DatasetLinks" in existing and "DatasetLinks" not in description:
+        description["DatasetLinks"] = existing["DatasetLinks"]
+        if "SourceDatasets" in existing:
+            description["SourceDatasets"] = existing["SourceDatasets"]
+    write_json(output_dir / "dataset_description.json", description)
+    write_text(output_dir / ".bidsignore", "\n".join(BIDSIGNORE_PATTERNS) + "\n")
+    write_text(output_dir / "desc-pcs_dseg.tsv", dseg_lookup_tsv())
+    return output_dir
+
+
+def dseg_lookup_tsv() -> str:
+    """The label lookup table of ``desc-pcs_dseg`` as TSV text."""
+    lines = ["index\tname\tabbreviation\tcolor"]
+    lines += [f"{i}\t{name}\t{abbr}\t{color}" for i, name, abbr, color in DSEG_LOOKUP]
+    return "\n".join(lines) + "\n"
+
+
+def derivative_name(source: T1wImage, *, suffix: str, extension: str,
+                    **entities: str | None) -> str:
+    """BIDS file name of a derivative of ``source``.
+
+    ``entities`` use BIDS keys (``space``, ``desc``, ``label``, ``res``,
+    and ``from_``/``to``/``mode`` for transforms); ``None`` values are skipped.
+
+    Example::
+
+        derivative_name(img, space="T1w", desc="pcs", suffix="dseg", extension=".nii.gz")
+        # 'sub-01_space-T1w_desc-pcs_dseg.nii.gz'
+    """
+    cleaned = {k.rstrip("_"): v for k, v in entities.items() if v is not None}
+    unknown = set(cleaned) - set(_DERIVATIVE_ENTITY_ORDER)
+    if "hemi" in unknown:
+        raise ValueError("BIDS allows hemi- only on surfaces; use crop_path() or "
+                         "probseg_path(), which put the hemisphere in desc- or label-")
+    if unknown:
+        raise ValueError(f"unknown derivative entities: {sorted(unknown)}")
+    parts = [source.prefix]
+    parts += [f"{key}-{cleaned[key]}" for key in _DERIVATIVE_ENTITY_ORDER if key in cleaned]
+    if not extension.startswith("."):
+        extension = "." + extension
+    return "_".join(parts) + f"_{suffix}{extension}"
+
+
+def derivative_path(output_dir: Path, source: T1wImage, *, suffix: str, extension: str,
+                    **entities: str | None) -> Path:
+    """Absolute path of a derivative of ``source`` under ``OUTPUT_DIR/sub-X[/ses-Y]/anat``."""
+    name = derivative_name(source, suffix=suffix, extension=extension, **entities)
+    return Path(output_dir) / source.anat_dir / name
+
+
+def crop_path(output_dir: Path, source: T1wImage, hemisphere: str) -> Path:
+    """The medial frontal crop of one hemisphere in template space.
+
+    ``<prefix>_space-MNI152NLin2009aSym_desc-medialfrontalL_T1w.nii.gz`` (or ``...R``).
+    """
+    _check_hemisphere(hemisphere)
+    return derivative_path(output_dir, source, space=TEMPLATE_SPACE,
+                           desc=f"medialfrontal{hemisphere}", suffix="T1w", extension=".nii.gz")
+
+
+def probseg_path(output_dir: Path, source: T1wImage, hemisphere: str) -> Path:
+    """PCS probability map of one hemisphere on the native grid.
+
+    ``<prefix>_space-T1w_label-PCSL_probseg.nii.gz`` (or ``label-PCSR``).
+    """
+    _check_hemisphere(hemisphere)
+    return derivative_path(output_dir, source, space="T1w", label=f"PCS{hemisphere}",
+                           suffix="probseg", extension=".nii.gz")
+
+
+def dseg_path(output_dir: Path, source: T1wImage) -> Path:
+    """The PCS label map on the native grid: ``<prefix>_space-T1w_desc-pcs_dseg.nii.gz``."""
+    return derivative_path(output_dir, source, space="T1w", desc="pcs", suffix="dseg",
+                           extension=".nii.gz")
+
+
+def xfm_path(output_dir: Path, source: T1wImage, *, inverse: bool = False,
+             extension: str = ".mat") -> Path:
+    """T1w -> template transform (or its inverse) in ANTs format."""
+    ends = ("T1w", TEMPLATE_SPACE)
+    src, dst = ends[::-1] if inverse else ends
+    return derivative_path(output_dir, source, from_=src, to=dst, mode="image", suffix="xfm",
+                           extension=extension)
+
+
+def _check_hemisphere(hemisphere: str) -> None:
+    if hemisphere not in ("L", "R"):
+        raise ValueError(f"hemisphere must be 'L' or 'R', not {hemisphere!r}")
+
+
+def sidecar_path(image_path: Path) -> Path:
+    """The JSON sidecar beside a NIfTI (``x.nii.gz`` -> ``x.json``)."""
+    name = image_path.name
+    for ext in (".nii.gz", ".nii", ".tsv", ".h5", ".mat", ".txt"):
+        if name.endswith(ext):
+            return image_path.with_name(name[: -len(ext)] + ".json")
+    return image_path.with_suffix(".json")
+
+
+def write_sidecar(image_path: Path, source: T1wImage | list[str], **fields: Any) -> Path:
+    """Write the JSON sidecar of a derivative, with ``Sources`` as BIDS URIs.
+
+    Images in the native ``space-T1w`` (not a standard template) get the
+    ``SpatialReference`` that BIDS requires: the URI of their source T1w.
+    """
+    sources = [source.bids_uri] if isinstance(source, T1wImage) else list(source)
+    content = {"Sources": sources, **fields}
+    if "_space-T1w_" in image_path.name and isinstance(source, T1wImage):
+        content.setdefault("SpatialReference", source.bids_uri)
+    return write_json(sidecar_path(image_path), content)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,197 @@
+"""The command line: parsing, usage errors (exit 2) and input errors (exit 1)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import run_cli
+
+from bids_pcs.cli import LEVELS, expand_multi_values, parse_overrides
+
+
+def test_help_lists_the_five_levels():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for level in LEVELS:
+        assert level in result.stdout
+    assert "--participant-label" in result.stdout
+
+
+def test_version():
+    from bids_pcs import __version__
+
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert __version__ in result.stdout
+
+
+def test_help_imports_no_heavy_module():
+    # --help must answer at once: the slow scientific stack stays unimported
+    code = (
+        "import sys; from bids_pcs import cli;\n"
+        "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'nipype', 'bids', 'ants', 'monai', 'nibabel', 'numpy')"
+        " if m in sys.modules]\nprint('HEAVY', heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert "HEAVY []" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--participant-label", "01", "02", "-v"],
+         ["--participant-label", "01", "--participant-label", "02", "-v"]),
+        (["--methods", "scratch", "contrastive"], ["--methods", "scratch", "--methods",
+                                                    "contrastive"]),
+        (["--participant-label", "--seed", "1"], ["--participant-label", "--seed", "1"]),
+        (["--seed", "-1"], ["--seed", "-1"]),
+    ],
+)
+def test_expand_multi_values(args, expected):
+    assert expand_multi_values(args, ("--participant-label", "--methods")) == expected
+
+
+def test_parse_overrides_reads_toml_values():
+    assert parse_overrides(("pretrain.epochs=3", "crop.size_mm=[32, 32, 32]",
+                            "pretrain.method=contrastive", "inference.flip_tta=true")) == {
+        "pretrain": {"epochs": 3, "method": "contrastive"},
+        "crop": {"size_mm": [32, 32, 32]},
+        "inference": {"flip_tta": True},
+    }
+
+
+def test_missing_bids_dir(tmp_path):
+    result = run_cli(tmp_path / "nope", tmp_path / "out", "participant")
+    assert result.returncode == 1
+    assert "does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_bids_dir_without_description(tmp_path):
+    (tmp_path / "raw").mkdir()
+    result = run_cli(tmp_path / "raw", tmp_path / "out", "participant")
+    assert result.returncode == 1
+    assert "dataset_description.json" in result.stderr
+
+
+def test_output_inside_bids_dir(bids_examples):
+    ds = bids_examples / "ds001"
+    for out in (ds, ds / "derivatives" / "pcs"):
+        result = run_cli(ds, out, "participant", "--skip-bids-validation")
+        assert result.returncode == 1
+        assert "inside it" in result.stderr
+
+
+def test_work_dir_inside_bids_dir(bids_examples, tmp_path):
+    ds = bids_examples / "ds001"
+    result = run_cli(ds, tmp_path / "out", "participant", "-w", ds / "work")
+    assert result.returncode == 1
+    assert "Work dir" in result.stderr and "inside BIDS_DIR" in result.stderr
+
+
+def test_unknown_participant_lists_available(bids_examples, tmp_path):
+    result = run_cli(bids_examples / "ds001", tmp_path / "out", "participant",
+                     "--skip-bids-validation", "--participant-label", "01", "99")
+    assert result.returncode == 1
+    assert "99 not found" in result.stderr
+    assert "available: 01, 02" in result.stderr
+
+
+def test_unknown_session_lists_available(bids_examples, tmp_path):
+    result = run_cli(bids_examples / "ds114", tmp_path / "out", "participant",
+                     "--skip-bids-validation", "--session-label", "ses-followup")
+    assert result.returncode == 1
+    assert "followup not found" in result.stderr
+    assert "retest, test" in result.stderr
+
+
+def test_label_that_tries_a_path(bids_examples, tmp_path):
+    result = run_cli(bids_examples / "ds001", tmp_path / "out", "participant",
+                     "--skip-bids-validation", "--participant-label", "../x")
+    assert result.returncode == 1
+    assert "not a valid BIDS label" in result.stderr
+
+
+def test_no_t1w_found(tmp_path):
+    raw = tmp_path / "raw"
+    (raw / "sub-01" / "func").mkdir(parents=True)
+    (raw / "dataset_description.json").write_text(
+        json.dumps({"Name": "x", "BIDSVersion": "1.10.0"}))
+    (raw / "sub-01" / "func" / "sub-01_task-rest_bold.json").write_text("{}")
+    result = run_cli(raw, tmp_path / "out", "participant", "--skip-bids-validation")
+    assert result.returncode == 1
+    assert "No T1w image found" in result.stderr
+
+
+def test_unreadable_nifti_is_named(bids_examples, tmp_path):
+    # the bids-examples images are empty placeholders: selection works, reading fails
+    result = run_cli(bids_examples / "ds001", tmp_path / "out", "participant",
+                     "--skip-bids-validation", "--participant-label", "01")
+    assert result.returncode == 1
+    assert "sub-01_T1w.nii.gz" in result.stderr
+    assert "empty file" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bids_validation_errors_are_summarised(bids_examples, tmp_path):
+    result = run_cli(bids_examples / "ds001", tmp_path / "out", "participant")
+    assert result.returncode == 1
+    assert "failed BIDS validation" in result.stderr
+    assert "EMPTY_FILE" in result.stderr
+    assert "--skip-bids-validation" in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["participant", "--method", "contrastive"], "--method applies only to the pretrain"),
+        (["finetune", "--labels", "."], "finetune needs --init"),
+        (["finetune", "--init", "scratch"], "finetune needs --labels"),
+        (["study"], "study needs --labels"),
+        (["pretrain", "--method", "magic"], "Invalid value for '--method'"),
+        (["participant", "--device", "gpu"], "Invalid value for '--device'"),
+        (["participant", "--set", "pretrain"], "expected SECTION.KEY=VALUE"),
+        (["nonsense"], "Invalid value for '{participant|group|pretrain|finetune|study}'"),
+    ],
+)
+def test_usage_errors_exit_2(bids_examples, tmp_path, args, message):
+    result = run_cli(bids_examples / "ds001", tmp_path / "out", *args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+
+
+def test_unknown_recipe_setting(bids_examples, tmp_path):
+    result = run_cli(bids_examples / "ds001", tmp_path / "out", "participant",
+                     "--set", "crop.sizemm=[1,2,3]")
+    assert result.returncode == 1
+    assert "Unknown setting(s) sizemm in [crop]" in result.stderr
+
+
+def test_cuda_without_gpu(bids_examples, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    result = run_cli(bids_examples / "ds001", tmp_path / "out", "participant",
+                     "--device", "cuda")
+    assert result.returncode == 1
+    assert "no CUDA GPU is available" in result.stderr
+
+
+def test_run_leaves_log_and_config_dump(bids_examples, tmp_path):
+    out = tmp_path / "out"
+    run_cli(bids_examples / "ds001", out, "participant", "--skip-bids-validation",
+            "--participant-label", "01", "--set", "pretrain.epochs=7")
+    logs = sorted((out / "logs").iterdir())
+    assert [p.suffix for p in logs] == [".log", ".toml"]
+    dump = logs[1].read_text()
+    assert "epochs = 7" in dump
+    assert 'participant_label = [\n    "01",\n]' in dump or 'participant_label = ["01"]' in dump
+    assert "sub-01_T1w.nii.gz" in logs[0].read_text()
