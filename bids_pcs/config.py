@@ -120,6 +120,7 @@ class ModelSettings:
     feature_size: int = 24
     depths: tuple[int, ...] = (2, 2, 2, 2)
     num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    window_size: int = 7  # Swin attention window, in tokens
     dropout: float = 0.0
     use_checkpoint: bool = False
 

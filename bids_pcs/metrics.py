@@ -1,0 +1,402 @@
+"""Every score of bids_pcs, in one place: fine-tuning, the study and the tests use these.
+
+Masks:
+
+- :func:`dice` and :func:`hd95` (95th-percentile Hausdorff distance in mm,
+  honouring the voxel spacing) compare a predicted and a true binary mask.
+  They take numpy arrays or torch tensors (any device) of equal shape.
+  Empty masks: both empty -> Dice 1 and HD95 0 (a correct "no sulcus"); one
+  empty -> Dice 0 and HD95 ``nan`` (no surface to measure from; aggregate
+  with :func:`numpy.nanmean` and report how many were undefined).
+- HD95 follows MONAI's ``compute_hausdorff_distance(percentile=95)``: surface
+  voxels are the mask minus its erosion, the distances from each surface to
+  the other are computed with a Euclidean distance transform in mm, and the
+  larger of the two 95th percentiles is the result.
+
+Presence (absent vs present or prominent) and the three classes:
+
+- classes are given as names (``"absent"``, ``"present"``, ``"prominent"``) or
+  as their indices 0, 1, 2; "present" as a *presence* outcome means present
+  or prominent (the positive class);
+- :func:`presence_metrics` gives accuracy, balanced accuracy, F1,
+  sensitivity, specificity and ROC AUC; a value that is undefined on the data
+  (sensitivity without any true presence, ROC AUC with one class only, F1
+  when nobody is present in truth or prediction) is ``nan``, never a silent 0;
+- :func:`classification_metrics` starts from the (n, 3) class probabilities
+  of a model: the predicted class is the most probable one, and the presence
+  probability ``p_present + p_prominent`` ranks hemispheres for the AUC.
+
+Confidence intervals: :func:`bootstrap_ci` resamples *participants*, not
+hemispheres, since the two hemispheres (and sessions) of one participant are
+not independent; the percentile interval is seeded and reproducible.
+
+Usage::
+
+    dice(pred, truth), hd95(pred, truth, spacing=(0.9, 0.9, 1.2))
+    m = classification_metrics(["absent", "present"], probabilities)
+    ci = bootstrap_ci(lambda rows: presence_metrics(t[rows], p[rows]).accuracy,
+                      participants, n_resamples=1000, seed=0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage, stats
+
+from bids_pcs.config import PCS_CLASSES
+
+ABSENT = 0  # index of "absent" in PCS_CLASSES; every other class means a sulcus is there
+
+
+# ----------------------------------------------------------------------- masks
+
+@dataclass(frozen=True)
+class MaskMetrics:
+    """Agreement of one predicted mask with its truth.
+
+    Args:
+        dice: Dice coefficient in [0, 1].
+        hd95_mm: 95th-percentile symmetric Hausdorff distance in mm (``nan``
+            when exactly one of the masks is empty).
+        pred_voxels, true_voxels: sizes of the two masks.
+    """
+
+    dice: float
+    hd95_mm: float
+    pred_voxels: int
+    true_voxels: int
+
+
+def _as_bool_array(mask: Any) -> np.ndarray:
+    """numpy bool array from a numpy array or a torch tensor (detached, on CPU)."""
+    if hasattr(mask, "detach"):
+        mask = mask.detach().cpu().numpy()
+    return np.asarray(mask).astype(bool, copy=False)
+
+
+def _pair(pred: Any, truth: Any) -> tuple[np.ndarray, np.ndarray]:
+    pred, truth = _as_bool_array(pred), _as_bool_array(truth)
+    if pred.shape != truth.shape:
+        raise ValueError(f"masks differ in shape: {pred.shape} vs {truth.shape}")
+    return pred, truth
+
+
+def dice(pred: Any, truth: Any) -> float:
+    """Dice coefficient ``2|P & T| / (|P| + |T|)``; 1.0 when both masks are empty."""
+    pred, truth = _pair(pred, truth)
+    total = int(pred.sum()) + int(truth.sum())
+    if total == 0:
+        return 1.0
+    return 2.0 * float(np.logical_and(pred, truth).sum()) / total
+
+
+def hd95(pred: Any, truth: Any, spacing: Sequence[float] | None = None,
+         percentile: float = 95.0) -> float:
+    """Symmetric ``percentile``-th Hausdorff distance in mm between two binary masks.
+
+    Args:
+        pred, truth: binary masks of equal shape (numpy or torch, 2D or 3D).
+        spacing: voxel size along each axis in mm (default 1 mm).
+        percentile: 95 for HD95; 100 gives the classic Hausdorff distance.
+
+    Returns:
+        0.0 when both masks are empty, ``nan`` when exactly one is.
+    """
+    pred, truth = _pair(pred, truth)
+    spacing_mm = _spacing(spacing, pred.ndim)
+    has_pred, has_truth = bool(pred.any()), bool(truth.any())
+    if not has_pred and not has_truth:
+        return 0.0
+    if has_pred != has_truth:
+        return float("nan")
+    # only the box around both masks matters; a one-voxel margin keeps the
+    # erosion at the box faces as it would be in the full volume
+    box = _bounding_box(pred | truth, margin=1)
+    pred_edge, truth_edge = _surface(pred[box]), _surface(truth[box])
+    to_truth = ndimage.distance_transform_edt(~truth_edge, sampling=spacing_mm)[pred_edge]
+    to_pred = ndimage.distance_transform_edt(~pred_edge, sampling=spacing_mm)[truth_edge]
+    return float(max(np.percentile(to_truth, percentile), np.percentile(to_pred, percentile)))
+
+
+def mask_metrics(pred: Any, truth: Any, spacing: Sequence[float] | None = None) -> MaskMetrics:
+    """Dice and HD95 of one predicted mask against its truth."""
+    pred, truth = _pair(pred, truth)
+    return MaskMetrics(dice=dice(pred, truth), hd95_mm=hd95(pred, truth, spacing),
+                       pred_voxels=int(pred.sum()), true_voxels=int(truth.sum()))
+
+
+def _spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...]:
+    if spacing is None:
+        return (1.0,) * ndim
+    values = tuple(float(s) for s in spacing)
+    if len(values) != ndim or min(values) <= 0:
+        raise ValueError(f"spacing must hold {ndim} positive values, not {spacing!r}")
+    return values
+
+
+def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    where = np.argwhere(mask)
+    lo = np.maximum(where.min(axis=0) - margin, 0)
+    hi = np.minimum(where.max(axis=0) + margin + 1, mask.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    # MONAI's definition (get_mask_edges): the mask minus its erosion by the
+    # face-connected cross, so that results agree with MONAI's HD95
+    return mask & ~ndimage.binary_erosion(mask)
+
+
+# ---------------------------------------------------------- classes, presence
+
+@dataclass(frozen=True)
+class PresenceMetrics:
+    """Presence (absent vs present/prominent) scores; ``nan`` where undefined.
+
+    Args:
+        n: number of hemispheres scored.
+        n_present: hemispheres with a sulcus in truth (present or prominent).
+        accuracy: fraction of correct presence calls.
+        balanced_accuracy: mean of sensitivity and specificity over the
+            outcomes that occur in truth (with one outcome only, its recall).
+        f1: ``2 TP / (2 TP + FP + FN)``.
+        sensitivity: ``TP / (TP + FN)``, recall of present hemispheres.
+        specificity: ``TN / (TN + FP)``, recall of absent hemispheres.
+        roc_auc: area under the ROC curve of the presence probability (ties
+            count one half); ``nan`` without probabilities or with one class.
+        tp, fp, tn, fn: the confusion counts.
+    """
+
+    n: int
+    n_present: int
+    accuracy: float
+    balanced_accuracy: float
+    f1: float
+    sensitivity: float
+    specificity: float
+    roc_auc: float
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+
+
+@dataclass(frozen=True)
+class ClassificationMetrics:
+    """Three-class and presence scores of one set of predictions.
+
+    Args:
+        accuracy_3class: fraction of hemispheres whose class is exactly right.
+        confusion: 3x3 counts, rows = true class, columns = predicted class,
+            in the order of ``classes``.
+        presence: the presence scores.
+        classes: the class names, in index order.
+    """
+
+    accuracy_3class: float
+    confusion: tuple[tuple[int, ...], ...]
+    presence: PresenceMetrics
+    classes: tuple[str, ...] = PCS_CLASSES
+
+
+def encode_classes(values: Sequence[str | int] | np.ndarray,
+                   classes: Sequence[str] = PCS_CLASSES) -> np.ndarray:
+    """Class names or indices (also a torch tensor) -> int array of indices into ``classes``."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    items = list(np.asarray(values, dtype=object).ravel())
+    out = np.empty(len(items), dtype=np.int64)
+    for i, value in enumerate(items):
+        if isinstance(value, str):
+            name = value.strip().lower()
+            if name not in classes:
+                raise ValueError(f"unknown class {value!r}; expected one of {', '.join(classes)}")
+            out[i] = classes.index(name)
+        elif isinstance(value, bool) or not float(value).is_integer() or not (
+                0 <= int(value) < len(classes)):
+            raise ValueError(f"class index {value!r} is not in 0..{len(classes) - 1}")
+        else:
+            out[i] = int(value)
+    return out
+
+
+def presence_probability(probabilities: Any) -> np.ndarray:
+    """``p_present + p_prominent`` of (n, 3) class probabilities (numpy or torch)."""
+    probs = _as_float_array(probabilities)
+    if probs.ndim != 2 or probs.shape[1] != len(PCS_CLASSES):
+        raise ValueError(f"class probabilities must have shape (n, 3), not {probs.shape}")
+    # summed rather than 1 - p_absent, so that unnormalised scores rank the same way
+    return probs[:, 1] + probs[:, 2]
+
+
+def roc_auc(y_true: Sequence[bool] | np.ndarray, score: Sequence[float] | np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U with mid-ranks); ``nan`` with one class."""
+    truth = np.asarray(y_true, dtype=bool).ravel()
+    score = np.asarray(score, dtype=float).ravel()
+    if truth.shape != score.shape:
+        raise ValueError(f"{truth.size} labels but {score.size} scores")
+    n_pos = int(truth.sum())
+    n_neg = truth.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = stats.rankdata(score)  # ties get their mean rank, so they count one half
+    return float((ranks[truth].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def presence_metrics(true_classes: Sequence[str | int] | np.ndarray,
+                     pred_classes: Sequence[str | int] | np.ndarray,
+                     presence_score: Sequence[float] | np.ndarray | None = None
+                     ) -> PresenceMetrics:
+    """Presence scores from true and predicted classes (names or indices).
+
+    Args:
+        true_classes, pred_classes: one class per hemisphere.
+        presence_score: optional per-hemisphere score that grows with the
+            belief that a sulcus is present (the presence probability), for
+            the ROC AUC; without it the AUC is ``nan``.
+    """
+    truth = encode_classes(true_classes) != ABSENT
+    pred = encode_classes(pred_classes) != ABSENT
+    if truth.shape != pred.shape:
+        raise ValueError(f"{truth.size} true classes but {pred.size} predicted ones")
+    tp = int(np.sum(truth & pred))
+    tn = int(np.sum(~truth & ~pred))
+    fp = int(np.sum(~truth & pred))
+    fn = int(np.sum(truth & ~pred))
+    n = truth.size
+    sensitivity = _ratio(tp, tp + fn)
+    specificity = _ratio(tn, tn + fp)
+    recalls = [r for r in (sensitivity, specificity) if not np.isnan(r)]
+    auc = float("nan") if presence_score is None else roc_auc(truth, presence_score)
+    return PresenceMetrics(
+        n=n, n_present=int(truth.sum()),
+        accuracy=_ratio(tp + tn, n),
+        balanced_accuracy=float(np.mean(recalls)) if recalls else float("nan"),
+        f1=_ratio(2 * tp, 2 * tp + fp + fn),
+        sensitivity=sensitivity, specificity=specificity, roc_auc=auc,
+        tp=tp, fp=fp, tn=tn, fn=fn,
+    )
+
+
+def classification_metrics(true_classes: Sequence[str | int] | np.ndarray,
+                           probabilities: Any) -> ClassificationMetrics:
+    """Three-class and presence scores from (n, 3) class probabilities of a model.
+
+    The predicted class is the most probable one (as written to the per-image
+    results); presence is predicted when that class is not "absent", and the
+    presence probability ``p_present + p_prominent`` ranks for the ROC AUC.
+    """
+    probs = _as_float_array(probabilities)
+    truth = encode_classes(true_classes)
+    score = presence_probability(probs)
+    if truth.size != probs.shape[0]:
+        raise ValueError(f"{truth.size} true classes but {probs.shape[0]} probability rows")
+    pred = np.argmax(probs, axis=1)
+    k = len(PCS_CLASSES)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (truth, pred), 1)
+    return ClassificationMetrics(
+        accuracy_3class=_ratio(int(np.trace(confusion)), truth.size),
+        confusion=tuple(tuple(int(v) for v in row) for row in confusion),
+        presence=presence_metrics(truth, pred, score),
+    )
+
+
+def three_class_accuracy(true_classes: Sequence[str | int] | np.ndarray,
+                         pred_classes: Sequence[str | int] | np.ndarray) -> float:
+    """Fraction of hemispheres whose class (absent/present/prominent) is exactly right."""
+    truth, pred = encode_classes(true_classes), encode_classes(pred_classes)
+    if truth.shape != pred.shape:
+        raise ValueError(f"{truth.size} true classes but {pred.size} predicted ones")
+    return _ratio(int(np.sum(truth == pred)), truth.size)
+
+
+def _ratio(numerator: int, denominator: int) -> float:
+    return float(numerator) / denominator if denominator else float("nan")
+
+
+def _as_float_array(values: Any) -> np.ndarray:
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values, dtype=float)
+
+
+# ------------------------------------------------------------------ bootstrap
+
+@dataclass(frozen=True)
+class ConfidenceInterval:
+    """A point estimate with its percentile bootstrap interval.
+
+    Args:
+        estimate: the statistic on all data.
+        lower, upper: interval bounds (``nan`` when no resample was defined).
+        level: coverage, e.g. 0.95.
+        n_resamples: resamples drawn.
+        n_defined: resamples on which the statistic was not ``nan`` (the
+            interval is taken over those; a resample with one class only has
+            no AUC, for instance).
+    """
+
+    estimate: float
+    lower: float
+    upper: float
+    level: float
+    n_resamples: int
+    n_defined: int
+
+
+def bootstrap_cis(statistic: Callable[[np.ndarray], Mapping[str, float]],
+                  participants: Sequence[str] | np.ndarray, *, n_resamples: int = 1000,
+                  level: float = 0.95, seed: int = 0) -> dict[str, ConfidenceInterval]:
+    """Percentile bootstrap intervals of several statistics, resampling participants.
+
+    Args:
+        statistic: maps an int array of row indices (rows of the caller's
+            data, e.g. hemispheres; repeated rows appear repeatedly) to named
+            values, e.g. ``{"accuracy": ..., "dice": ...}``.
+        participants: the participant of each row; a resample draws
+            participants with replacement and takes all of their rows, so both
+            hemispheres (and all sessions) of a participant stay together.
+        n_resamples: number of resamples.
+        level: coverage of the intervals.
+        seed: seed of the resampling; the same seed gives the same intervals.
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), not {level}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be positive, not {n_resamples}")
+    groups = np.asarray(participants, dtype=object).ravel()
+    if groups.size == 0:
+        raise ValueError("cannot bootstrap without any rows")
+    _, group_of_row = np.unique(groups.astype(str), return_inverse=True)
+    rows_of_group = [np.flatnonzero(group_of_row == g) for g in range(group_of_row.max() + 1)]
+    estimate = dict(statistic(np.arange(groups.size)))
+    draws = {name: np.empty(n_resamples) for name in estimate}
+    rng = np.random.default_rng(seed)
+    for i in range(n_resamples):
+        chosen = rng.integers(0, len(rows_of_group), size=len(rows_of_group))
+        values = statistic(np.concatenate([rows_of_group[g] for g in chosen]))
+        for name in estimate:
+            draws[name][i] = values[name]
+    alpha = (1.0 - level) / 2.0
+    out = {}
+    for name, value in estimate.items():
+        defined = draws[name][~np.isnan(draws[name])]
+        lower, upper = ((float(np.quantile(defined, alpha)), float(np.quantile(defined, 1 - alpha)))
+                        if defined.size else (float("nan"), float("nan")))
+        out[name] = ConfidenceInterval(estimate=float(value), lower=lower, upper=upper,
+                                       level=level, n_resamples=n_resamples,
+                                       n_defined=int(defined.size))
+    return out
+
+
+def bootstrap_ci(statistic: Callable[[np.ndarray], float],
+                 participants: Sequence[str] | np.ndarray, *, n_resamples: int = 1000,
+                 level: float = 0.95, seed: int = 0) -> ConfidenceInterval:
+    """Percentile bootstrap interval of one statistic; see :func:`bootstrap_cis`."""
+    return bootstrap_cis(lambda rows: {"value": statistic(rows)}, participants,
+                         n_resamples=n_resamples, level=level, seed=seed)["value"]

@@ -1,0 +1,217 @@
+"""The group report ``OUTPUT_DIR/group_pcs.html``.
+
+Sections: overview numbers, class prevalence per hemisphere, prevalence by
+each categorical participants.tsv column, length distributions, left-right
+asymmetry, the list of registration QC failures (linked to the subject
+reports) and the table of every image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bids_pcs import __version__
+from bids_pcs.config import PCS_CLASSES
+from bids_pcs.reports import html as h
+from bids_pcs.reports.group_figures import (
+    asymmetry_figure,
+    length_figure,
+    prevalence_by_figure,
+    prevalence_figure,
+)
+from bids_pcs.reports.group_table import SIDES, statistics_rows
+
+_NO_PCS = ("No PCS results in this dataset yet: the participant level ran without --model, "
+           "so only registration QC is summarised.")
+
+
+def write_group_report(path: Path, table: pd.DataFrame, summary: dict[str, Any], *,
+                       by_columns: Sequence[str], thresholds: tuple[float, float],
+                       participants_source: str | None) -> Path:
+    """Render the group page for ``table`` and its ``summary``; write it atomically."""
+    rows = statistics_rows(table)
+    has_pcs = summary["n_images_with_pcs"] > 0
+    sections = [
+        ("overview", "Overview", _overview(summary, participants_source)),
+        ("prevalence", "Prevalence", _prevalence(rows, summary, has_pcs)),
+        ("by-group", "By group", _by_group(rows, summary, by_columns, has_pcs,
+                                           participants_source)),
+        ("length", "Length", _length(rows, summary, thresholds, has_pcs)),
+        ("asymmetry", "Asymmetry", _asymmetry(rows, summary, thresholds, has_pcs)),
+        ("qc", "QC failures", _qc_failures(table)),
+        ("images", "All images", _all_images(table)),
+    ]
+    titles = {"by-group": "Prevalence by participant group", "length": "PCS length",
+              "asymmetry": "Left-right asymmetry", "qc": "Registration QC failures",
+              "prevalence": "PCS prevalence per hemisphere"}
+    body = h.join(h.section(anchor, titles.get(anchor, title), content)
+                  for anchor, title, content in sections)
+    n = summary["n_images"]
+    return h.write_page(
+        path, title="Group report · bids_pcs", heading="Paracingulate sulcus: group report",
+        subtitle=f"{summary['n_participants']} participants · {n} T1w image"
+                 f"{'s' if n != 1 else ''} · bids_pcs {__version__}",
+        nav=[(anchor, title) for anchor, title, _ in sections], body=body)
+
+
+def _overview(summary: dict[str, Any], participants_source: str | None) -> h.Html:
+    cards = h.stat_cards([
+        ("participants", summary["n_participants"]), ("sessions", summary["n_sessions"]),
+        ("T1w images", summary["n_images"]), ("with PCS results", summary["n_images_with_pcs"]),
+        ("failed registration QC", summary["n_images_qc_failed"]),
+        ("in the statistics", summary["n_images_in_statistics"])])
+    source = (f"Participant columns joined from {participants_source}."
+              if participants_source else
+              "The raw dataset is not reachable (no BIDS_DIR and no DatasetLinks), or it has "
+              "no participants.tsv: no participant columns are joined.")
+    return h.join([cards, h.paragraph(
+        "One row per T1w image: sessions and runs count separately. Statistics and figures "
+        "leave out images without PCS results and images that failed registration QC; "
+        "group_pcs.tsv lists every image. " + source, "muted")])
+
+
+def _prevalence(rows: pd.DataFrame, summary: dict[str, Any], has_pcs: bool) -> h.Html:
+    if not has_pcs:
+        return h.notice(_NO_PCS)
+    parts: list[str] = []
+    uri = prevalence_figure(rows)
+    if uri:
+        parts.append(h.figure(uri, "PCS class prevalence per hemisphere",
+                              "Share of images per predicted class; numbers are counts."))
+    table_rows = []
+    for side in SIDES.values():
+        entry = summary["prevalence"][side]
+        counts = entry["counts"]
+        table_rows.append([side.capitalize(), entry["n"],
+                           *(_count_pct(counts[c], entry["n"]) for c in PCS_CLASSES),
+                           _pct(entry["fraction_with_pcs"])])
+    parts.append(h.table(["Hemisphere", "Images", *PCS_CLASSES, "With a PCS"], table_rows,
+                         numeric=(1, 2, 3, 4, 5)))
+    return h.join(parts)
+
+
+def _by_group(rows: pd.DataFrame, summary: dict[str, Any], by_columns: Sequence[str],
+              has_pcs: bool, participants_source: str | None) -> h.Html:
+    if not has_pcs:
+        return h.notice(_NO_PCS)
+    if not by_columns:
+        why = ("participants.tsv has no categorical column (2 to 12 text values)"
+               if participants_source else "no participants.tsv was found")
+        return h.notice(f"No grouping: {why}.")
+    parts: list[str] = []
+    for column in by_columns:
+        parts.append(h.heading(f"By {column}"))
+        uri = prevalence_by_figure(rows, column)
+        if uri:
+            parts.append(h.figure(uri, f"PCS prevalence by {column}",
+                                  f"Share of images per predicted class for each value of "
+                                  f"the participants.tsv column '{column}'."))
+        table_rows = []
+        for value, entry in summary["prevalence_by"][column].items():
+            table_rows.append([value, *(f"{_pct(entry[s]['fraction_with_pcs'])} "
+                                        f"(n = {entry[s]['n']})" for s in SIDES.values())])
+        parts.append(h.table([column, "Left with a PCS", "Right with a PCS"], table_rows,
+                             numeric=(1, 2)))
+    return h.join(parts)
+
+
+def _length(rows: pd.DataFrame, summary: dict[str, Any], thresholds: tuple[float, float],
+            has_pcs: bool) -> h.Html:
+    if not has_pcs:
+        return h.notice(_NO_PCS)
+    parts: list[str] = []
+    uri = length_figure(rows, thresholds)
+    if uri:
+        parts.append(h.figure(
+            uri, "PCS length distributions per hemisphere and class",
+            f"PCS length along the sulcus by predicted class (box: quartiles; dots: images). "
+            f"Dashed lines: the class thresholds at {thresholds[0]:g} and {thresholds[1]:g} mm."))
+    table_rows = []
+    for side in SIDES.values():
+        for group in ("all", *PCS_CLASSES):
+            stats = summary["length_mm"][side][group]
+            table_rows.append([side.capitalize(), group, stats["n"], h.fmt(stats["mean"]),
+                               h.fmt(stats["sd"]), h.fmt(stats["median"]),
+                               f"{h.fmt(stats['min'])} – {h.fmt(stats['max'])}"])
+    parts.append(h.table(["Hemisphere", "Class", "n", "Mean (mm)", "SD", "Median", "Range"],
+                         table_rows, numeric=(2, 3, 4, 5, 6)))
+    return h.join(parts)
+
+
+def _asymmetry(rows: pd.DataFrame, summary: dict[str, Any], thresholds: tuple[float, float],
+               has_pcs: bool) -> h.Html:
+    if not has_pcs:
+        return h.notice(_NO_PCS)
+    stats = summary["asymmetry"]
+    parts: list[str] = []
+    uri = asymmetry_figure(rows, thresholds)
+    if uri:
+        parts.append(h.figure(
+            uri, "Left-right asymmetry of the PCS",
+            "Left: left against right PCS length per image (dashed: equal length). Middle: "
+            "asymmetry index (L - R) / (L + R), positive when the left PCS is longer. Right: "
+            "images per combination of left and right class."))
+    difference = stats["length_difference_mm"]
+    parts.append(h.key_values([
+        ("Images with both lengths", stats["n"]),
+        ("Left longer / right longer / equal",
+         f"{stats['n_left_longer']} / {stats['n_right_longer']} / {stats['n_equal']}"),
+        ("Mean length difference (L - R)",
+         f"{h.fmt(difference['mean'])} mm (SD {h.fmt(difference['sd'])})"),
+        ("Mean asymmetry index", h.fmt(stats["asymmetry_index"]["mean"], 3)),
+    ]))
+    return h.join(parts)
+
+
+def _qc_failures(table: pd.DataFrame) -> h.Html:
+    failed = table[table["qc_passed"].map(lambda v: v is False)]
+    if failed.empty:
+        unknown = int(table["qc_passed"].isna().sum())
+        text = "Every image passed registration QC."
+        if unknown:
+            text += f" {unknown} image(s) have no QC verdict."
+        return h.notice(text, "ok")
+    rows = [[_report_link(row.participant_id, row.image), row.session_id or "n/a",
+             h.fmt(row.qc_correlation, 3), h.fmt(row.qc_threshold, 2)]
+            for row in failed.itertuples()]
+    return h.join([
+        h.notice(f"{len(failed)} image(s) failed registration QC: check their subject reports "
+                 "and rerun or exclude them. They are left out of the statistics.", "bad"),
+        h.table(["Image", "Session", "Correlation", "Threshold"], rows, numeric=(2, 3))])
+
+
+def _all_images(table: pd.DataFrame) -> h.Html:
+    rows = []
+    for row in table.itertuples():
+        qc = {True: h.badge("passed", "ok"), False: h.badge("failed", "bad")}.get(
+            row.qc_passed, h.badge("n/a", "muted"))
+        rows.append([_report_link(row.participant_id, row.image),
+                     *(_class_cell(getattr(row, f"pcs_class_{s}")) for s in SIDES.values()),
+                     *(h.fmt(getattr(row, f"pcs_length_mm_{s}")) for s in SIDES.values()),
+                     h.fmt(row.pcs_asymmetry_index, 2), qc])
+    content = h.table(["Image", "Left class", "Right class", "Left length (mm)",
+                       "Right length (mm)", "Asymmetry", "Registration QC"], rows,
+                      numeric=(3, 4, 5), css="wide")
+    return h.Html(f'<div class="scroll">{content}</div>')
+
+
+def _report_link(participant_id: str, image: str) -> h.Html:
+    return h.link(f"{participant_id}.html#{image}", image)
+
+
+def _class_cell(value: object) -> h.Html:
+    if isinstance(value, str) and value in PCS_CLASSES:
+        return h.badge(value, value)
+    return h.badge("not run", "muted")
+
+
+def _count_pct(count: int, n: int) -> str:
+    return f"{count} ({count / n:.0%})" if n else "0"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0%}"

@@ -1,0 +1,315 @@
+"""Per-image results read back from the derivative files on disk.
+
+Reports and the group level work from OUTPUT_DIR alone (the raw data may be
+gone), so everything they show is read here from the files the participant
+level wrote (see "Per-image PCS results" in docs/architecture.md):
+
+- ``<prefix>_desc-pcs_pcs.tsv`` / ``.json``: classes, probabilities, length,
+  volume per hemisphere and the model's provenance (only with ``--model``);
+- ``<prefix>_desc-registration_qc.json``: the registration QC verdict;
+- crops, the dseg and probsegs: located with the :mod:`bids_pcs.io.derivatives`
+  name builders.
+
+Usage::
+
+    for result in collect_results(Path("/out")):
+        print(result.image.prefix, result.qc_passed, result.hemispheres["L"].pcs_class)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import pandas as pd
+
+from bids_pcs.config import HEMISPHERES, PCS_CLASSES
+from bids_pcs.errors import InputDataError
+from bids_pcs.io.bids_input import T1wImage
+from bids_pcs.io.derivatives import (
+    crop_path,
+    derivative_path,
+    dseg_path,
+    probseg_path,
+    sidecar_path,
+)
+
+PCS_TABLE_COLUMNS = ("hemisphere", "pcs_class", "p_absent", "p_present", "p_prominent",
+                     "pcs_length_mm", "pcs_volume_mm3", "qc_correlation", "qc_passed")
+# the endings that mark an image as processed; the prefix is what precedes them
+_PCS_TABLE_END = "_desc-pcs_pcs.tsv"
+_QC_END = "_desc-registration_qc.json"
+_CROP_END = re.compile(r"_space-[A-Za-z0-9]+_desc-medialfrontal[LR]_T1w\.nii(\.gz)?$")
+_ENTITY = re.compile(r"^([a-z]+)-([A-Za-z0-9]+)$")
+
+
+@dataclass(frozen=True)
+class HemisphereResult:
+    """PCS of one hemisphere: class, class probabilities, length and volume."""
+
+    pcs_class: str | None
+    probabilities: dict[str, float | None]
+    length_mm: float | None
+    volume_mm3: float | None
+
+
+@dataclass(frozen=True)
+class RegistrationQC:
+    """Registration quality: correlation with the template, its threshold, the verdict."""
+
+    correlation: float | None
+    threshold: float | None
+    passed: bool | None
+    figure: Path | None = None
+
+
+@dataclass(frozen=True)
+class ImageResults:
+    """Everything the participant level wrote for one T1w image."""
+
+    image: T1wImage
+    output_dir: Path
+    hemispheres: dict[str, HemisphereResult] = field(default_factory=dict)
+    pcs_metadata: dict[str, Any] = field(default_factory=dict)
+    qc: RegistrationQC | None = None
+
+    @property
+    def has_pcs(self) -> bool:
+        """Whether inference ran for this image (a ``_desc-pcs_pcs.tsv`` exists)."""
+        return bool(self.hemispheres)
+
+    @property
+    def qc_passed(self) -> bool | None:
+        return self.qc.passed if self.qc else None
+
+    @property
+    def model(self) -> dict[str, Any]:
+        return dict(self.pcs_metadata.get("Model") or {})
+
+    def crop(self, hemisphere: str) -> Path:
+        return crop_path(self.output_dir, self.image, hemisphere)
+
+    def probseg(self, hemisphere: str) -> Path:
+        return probseg_path(self.output_dir, self.image, hemisphere)
+
+    @property
+    def dseg(self) -> Path:
+        return dseg_path(self.output_dir, self.image)
+
+
+def pcs_table_path(output_dir: Path, image: T1wImage) -> Path:
+    """``<prefix>_desc-pcs_pcs.tsv`` of ``image``."""
+    return derivative_path(output_dir, image, desc="pcs", suffix="pcs", extension=".tsv")
+
+
+def pcs_metadata_path(output_dir: Path, image: T1wImage) -> Path:
+    """``<prefix>_desc-pcs_pcs.json`` of ``image``."""
+    return derivative_path(output_dir, image, desc="pcs", suffix="pcs", extension=".json")
+
+
+def registration_qc_path(output_dir: Path, image: T1wImage) -> Path:
+    """``<prefix>_desc-registration_qc.json`` of ``image``."""
+    return derivative_path(output_dir, image, desc="registration", suffix="qc",
+                           extension=".json")
+
+
+def discover_images(output_dir: Path, subject: str | None = None) -> list[T1wImage]:
+    """The T1w images that have participant results in ``output_dir``, sorted by name.
+
+    Images are recognised by their PCS table, registration QC or crops; their
+    names are parsed back into entities, and the raw path is taken from the
+    ``Sources`` of their sidecars (it may no longer exist).
+    """
+    output_dir = Path(output_dir)
+    pattern = f"sub-{subject}" if subject else "sub-*"
+    prefixes: dict[str, Path] = {}
+    for anat in sorted(output_dir.glob(f"{pattern}/anat")) + sorted(
+            output_dir.glob(f"{pattern}/ses-*/anat")):
+        for path in anat.iterdir():
+            prefix = _prefix_of(path.name)
+            if prefix:
+                prefixes.setdefault(prefix, anat)
+    raw_dir = find_raw_dataset(output_dir)
+    return [image_from_prefix(prefix, output_dir, raw_dir)
+            for prefix in sorted(prefixes)]
+
+
+def image_from_prefix(prefix: str, output_dir: Path, raw_dir: Path | None = None) -> T1wImage:
+    """Rebuild a :class:`T1wImage` from a BIDS name stem such as ``sub-01_ses-a_run-2``."""
+    subject = session = None
+    entities: list[tuple[str, str]] = []
+    for part in prefix.split("_"):
+        match = _ENTITY.match(part)
+        if not match:
+            raise InputDataError(f"{prefix!r} in {output_dir} is not a BIDS name stem; "
+                                 "remove files that bids_pcs did not write.")
+        key, value = match.groups()
+        if key == "sub":
+            subject = value
+        elif key == "ses":
+            session = value
+        else:
+            entities.append((key, value))
+    if subject is None:
+        raise InputDataError(f"{prefix!r} in {output_dir} has no sub- entity.")
+    image = T1wImage(path=Path(), subject=subject, session=session, entities=tuple(entities))
+    relpath = _raw_relpath(output_dir, image)
+    path = (raw_dir / relpath) if (raw_dir and relpath) else Path(relpath or prefix)
+    return T1wImage(path=path, subject=subject, session=session, entities=tuple(entities),
+                    relpath=relpath)
+
+
+def find_raw_dataset(output_dir: Path, bids_dir: str | Path | None = None) -> Path | None:
+    """The raw dataset if it is still reachable: ``bids_dir``, else ``DatasetLinks.raw``."""
+    candidates: list[Path] = []
+    if bids_dir:
+        candidates.append(Path(bids_dir))
+    description = _read_json(Path(output_dir) / "dataset_description.json") or {}
+    link = (description.get("DatasetLinks") or {}).get("raw")
+    if isinstance(link, str):
+        parsed = urlparse(link)
+        if parsed.scheme in ("", "file"):
+            candidates.append(Path(unquote(parsed.path)))
+    for candidate in candidates:
+        if (candidate / "dataset_description.json").is_file():
+            return candidate
+    return None
+
+
+def load_results(output_dir: Path, image: T1wImage) -> ImageResults:
+    """Read the PCS table, its metadata and the registration QC of one image."""
+    output_dir = Path(output_dir)
+    table = pcs_table_path(output_dir, image)
+    hemispheres = read_pcs_table(table) if table.is_file() else {}
+    metadata = _read_json(pcs_metadata_path(output_dir, image)) or {}
+    qc = read_registration_qc(registration_qc_path(output_dir, image), output_dir)
+    if qc is None and hemispheres:
+        # an image without a QC file still has the QC columns of its PCS table
+        qc = _qc_from_table(table)
+    return ImageResults(image=image, output_dir=output_dir, hemispheres=hemispheres,
+                        pcs_metadata=metadata, qc=qc)
+
+
+def collect_results(output_dir: Path, subject: str | None = None) -> list[ImageResults]:
+    """Results of every image found in ``output_dir`` (of one subject if given)."""
+    return [load_results(output_dir, image) for image in discover_images(output_dir, subject)]
+
+
+def read_pcs_table(path: Path) -> dict[str, HemisphereResult]:
+    """``<prefix>_desc-pcs_pcs.tsv`` as one :class:`HemisphereResult` per hemisphere."""
+    frame = _read_tsv(path)
+    missing = [c for c in PCS_TABLE_COLUMNS if c not in frame.columns]
+    if missing:
+        raise InputDataError(f"{path} lacks the column(s) {', '.join(missing)}; rerun the "
+                             "participant level with this version of bids_pcs.")
+    out: dict[str, HemisphereResult] = {}
+    for _, row in frame.iterrows():
+        hemisphere = str(row["hemisphere"])
+        if hemisphere not in HEMISPHERES:
+            raise InputDataError(f"{path} has hemisphere {hemisphere!r}; expected L or R.")
+        pcs_class = _text(row["pcs_class"])
+        if pcs_class is not None and pcs_class not in PCS_CLASSES:
+            raise InputDataError(f"{path} has class {pcs_class!r}; expected one of "
+                                 f"{', '.join(PCS_CLASSES)}.")
+        out[hemisphere] = HemisphereResult(
+            pcs_class=pcs_class,
+            probabilities={c: _number(row[f"p_{c}"]) for c in PCS_CLASSES},
+            length_mm=_number(row["pcs_length_mm"]),
+            volume_mm3=_number(row["pcs_volume_mm3"]),
+        )
+    return out
+
+
+def read_registration_qc(path: Path, output_dir: Path) -> RegistrationQC | None:
+    """``<prefix>_desc-registration_qc.json``, or ``None`` when it is not there."""
+    data = _read_json(path)
+    if data is None:
+        return None
+    figure = None
+    name = data.get("figure") or data.get("Figure")
+    if isinstance(name, str) and name:
+        # the figure path may be absolute, relative to OUTPUT_DIR or to the json
+        for candidate in (Path(name), Path(output_dir) / name, path.parent / name):
+            if candidate.is_file():
+                figure = candidate
+                break
+    return RegistrationQC(correlation=_number(data.get("correlation")),
+                          threshold=_number(data.get("threshold")),
+                          passed=_flag(data.get("passed")), figure=figure)
+
+
+def _qc_from_table(path: Path) -> RegistrationQC | None:
+    frame = _read_tsv(path)
+    if frame.empty:
+        return None
+    row = frame.iloc[0]
+    return RegistrationQC(correlation=_number(row.get("qc_correlation")), threshold=None,
+                          passed=_flag(row.get("qc_passed")))
+
+
+def _prefix_of(name: str) -> str | None:
+    for end in (_PCS_TABLE_END, _QC_END):
+        if name.endswith(end):
+            return name[: -len(end)]
+    match = _CROP_END.search(name)
+    return name[: match.start()] if match else None
+
+
+def _raw_relpath(output_dir: Path, image: T1wImage) -> str:
+    # the Sources of any sidecar name the raw T1w as bids:raw:<relpath>
+    for sidecar in (pcs_metadata_path(output_dir, image),
+                    sidecar_path(dseg_path(output_dir, image)),
+                    sidecar_path(crop_path(output_dir, image, "L")),
+                    sidecar_path(crop_path(output_dir, image, "R"))):
+        for source in (_read_json(sidecar) or {}).get("Sources", []):
+            if isinstance(source, str) and source.startswith("bids:raw:") \
+                    and source.endswith(("_T1w.nii.gz", "_T1w.nii")):
+                return source[len("bids:raw:"):]
+    return ""
+
+
+def _read_tsv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False,
+                           dtype=str)
+    except (OSError, ValueError) as exc:
+        raise InputDataError(f"{path} is not a readable TSV file ({exc}); rerun the "
+                             "participant level for this image.") from exc
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _number(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _flag(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    return None
+
+
+def _text(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    text = str(value).strip()
+    return text or None

@@ -1,0 +1,316 @@
+"""The per-participant report ``OUTPUT_DIR/sub-<label>.html``.
+
+One section per T1w image: registration QC (template outlines over the crops
+and the QC verdict), the PCS mask over the native T1w (sagittal slices per
+hemisphere and projections), classes with their probabilities, length and
+volume per hemisphere, and the model's provenance. Everything is read from
+the derivative files on disk, so the report can be rebuilt from OUTPUT_DIR
+alone; an image without a model (a preprocessing-only run) gets its
+registration QC and a "not run" note.
+
+Usage::
+
+    write_subject_report(Path("/out"), "01", images)   # -> /out/sub-01.html
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from bids_pcs import __version__
+from bids_pcs.config import HEMISPHERES, PCS_CLASSES, LabelSettings
+from bids_pcs.errors import InputDataError
+from bids_pcs.io.bids_input import T1wImage, normalise_label
+from bids_pcs.io.derivatives import TEMPLATE_SPACE
+from bids_pcs.reports import html as h
+from bids_pcs.reports.figures import (
+    HEMISPHERE_COLOURS,
+    HEMISPHERE_NAMES,
+    OUTLINE_COLOURS,
+    file_data_uri,
+)
+from bids_pcs.reports.pcs_figures import load_native, projection_figure, sagittal_figure
+from bids_pcs.reports.registration_figures import SAGITTAL_OFFSETS_MM, registration_figure
+from bids_pcs.reports.results import (
+    ImageResults,
+    discover_images,
+    find_raw_dataset,
+    load_results,
+    pcs_metadata_path,
+    pcs_table_path,
+    registration_qc_path,
+)
+
+LOGGER = logging.getLogger("bids_pcs.reports")
+
+
+def subject_report_path(output_dir: Path, subject: str) -> Path:
+    """``OUTPUT_DIR/sub-<label>.html``."""
+    return Path(output_dir) / f"sub-{normalise_label(subject, 'sub')}.html"
+
+
+def write_subject_report(output_dir: Path, subject: str,
+                         images: Sequence[T1wImage] | None = None, *,
+                         labels: LabelSettings | None = None) -> Path:
+    """Write the report of one participant from its derivatives; return its path.
+
+    Args:
+        output_dir: the derivative dataset (OUTPUT_DIR).
+        subject: participant label, with or without ``sub-``.
+        images: the participant's T1w images (their raw paths give the native
+            T1w under the masks); by default every image with results in
+            ``output_dir``, the T1w found through ``DatasetLinks`` if reachable.
+        labels: label map of the dseg (default: the recipe's defaults).
+
+    Raises:
+        InputDataError: when neither ``images`` nor ``output_dir`` name any image
+            of this participant.
+    """
+    output_dir = Path(output_dir)
+    subject = normalise_label(subject, "sub")
+    labels = labels or LabelSettings()
+    chosen = [im for im in images if im.subject == subject] if images is not None \
+        else discover_images(output_dir, subject)
+    if not chosen:
+        raise InputDataError(f"No results for sub-{subject} in {output_dir}; run the "
+                             "participant level for this participant first.")
+    raw_dir = find_raw_dataset(output_dir)
+    results = [load_results(output_dir, image) for image in chosen]
+    dseg_labels = {"L": labels.dseg_left, "R": labels.dseg_right}
+
+    body = [_overview(results)]
+    body += [_image_section(result, raw_dir, dseg_labels, labels) for result in results]
+    body.append(_about(results))
+    nav = [("overview", "Overview")] + [(r.image.prefix, _short_name(r.image))
+                                        for r in results] + [("about", "About")]
+    n = len(results)
+    path = subject_report_path(output_dir, subject)
+    h.write_page(path, title=f"sub-{subject} · bids_pcs", heading=f"Participant sub-{subject}",
+                 subtitle=f"Paracingulate sulcus report · {n} T1w image{'s' if n != 1 else ''}",
+                 nav=nav, body=h.join(body))
+    LOGGER.info("Report written to %s", path)
+    return path
+
+
+def _overview(results: list[ImageResults]) -> h.Html:
+    rows = []
+    for result in results:
+        row: list[object] = [h.link(f"#{result.image.prefix}", result.image.prefix),
+                             _qc_badge(result)]
+        for hemisphere in HEMISPHERES:
+            hemi = result.hemispheres.get(hemisphere)
+            row.append(_class_badge(hemi.pcs_class if hemi else None, result.has_pcs))
+        for hemisphere in HEMISPHERES:
+            hemi = result.hemispheres.get(hemisphere)
+            row.append(h.fmt(hemi.length_mm if hemi else None))
+        rows.append(row)
+    content = h.table(["Image", "Registration QC", "Left PCS", "Right PCS", "Left length (mm)",
+                       "Right length (mm)"], rows, numeric=(4, 5))
+    return h.section("overview", "Overview", content)
+
+
+def _image_section(result: ImageResults, raw_dir: Path | None, dseg_labels: dict[str, int],
+                   labels: LabelSettings) -> h.Html:
+    image = result.image
+    facts = [("Participant", f"sub-{image.subject}"),
+             ("Session", f"ses-{image.session}" if image.session else "n/a")]
+    facts += [(key, value) for key, value in image.entities]
+    facts.append(("Source", h.mono(image.bids_uri if image.relpath else image.prefix)))
+    parts = [h.key_values(facts),
+             _registration_part(result),
+             _segmentation_part(result, raw_dir, dseg_labels),
+             _classification_part(result, labels),
+             _model_part(result),
+             _files_part(result)]
+    return h.section(image.prefix, image.prefix, h.join(parts))
+
+
+def _registration_part(result: ImageResults) -> h.Html:
+    parts = [h.heading(f"Registration to {TEMPLATE_SPACE}")]
+    qc = result.qc
+    if qc is None:
+        parts.append(h.notice("Registration QC not available: no "
+                              f"{registration_qc_path(result.output_dir, result.image).name}."))
+    else:
+        verdict = {True: ("passed", "ok"), False: ("failed", "bad"), None: ("unknown", "muted")}
+        text, kind = verdict[qc.passed]
+        threshold = f" (threshold {h.fmt(qc.threshold, 2)})" if qc.threshold is not None else ""
+        parts.append(h.Html(
+            f"<p>Correlation with the template inside the crop boxes: "
+            f"<strong>{h.esc(h.fmt(qc.correlation, 3))}</strong>{h.esc(threshold)} "
+            f"{h.badge(text, kind)}</p>"))
+        if qc.passed is False:
+            parts.append(h.notice("Registration failed QC: check the outlines below before "
+                                  "trusting this image's PCS results.", "bad"))
+    crops = {hemisphere: result.crop(hemisphere) for hemisphere in HEMISPHERES}
+    uri = registration_figure(crops)
+    if uri:
+        offsets = ", ".join(f"{d:.0f}" for d in SAGITTAL_OFFSETS_MM)
+        parts.append(h.figure(
+            uri, f"Registration QC of {result.image.prefix}",
+            f"Medial frontal crops in {TEMPLATE_SPACE} space, as the network sees them "
+            f"(the right crop mirrored). Outlines of the template: "
+            f"{_colour_name(OUTLINE_COLOURS['brain'])} = brain (grey + white matter), "
+            f"{_colour_name(OUTLINE_COLOURS['white'])} = white matter. Sagittal slices at "
+            f"{offsets} mm from the midline, then coronal and axial slices through the centre "
+            "of the crop. After a good registration the outlines follow the sulci and the "
+            "grey/white boundary."))
+    else:
+        parts.append(h.notice("No crop found: preprocessing has not run for this image."))
+    if qc is not None and qc.figure is not None:
+        try:
+            parts.append(h.figure(file_data_uri(qc.figure.read_bytes(), qc.figure.suffix),
+                                  "Registration QC figure of the preprocessing",
+                                  "QC figure written by the preprocessing."))
+        except (OSError, ValueError) as exc:
+            LOGGER.warning("QC figure %s not embedded: %s", qc.figure, exc)
+    return h.join(parts)
+
+
+def _segmentation_part(result: ImageResults, raw_dir: Path | None,
+                       dseg_labels: dict[str, int]) -> h.Html:
+    parts = [h.heading("PCS segmentation")]
+    if not result.dseg.is_file():
+        parts.append(h.notice("PCS inference not run for this image (the participant level "
+                              "ran without --model)."))
+        return h.join(parts)
+    t1w = _native_t1w(result, raw_dir)
+    volumes = load_native(result.dseg, t1w, {hm: result.probseg(hm) for hm in HEMISPHERES})
+    if volumes.t1w is None:
+        parts.append(h.notice("The raw T1w image is not reachable (or its grid differs from "
+                              "the mask's): masks are shown without anatomy.", "warn"))
+    legend = ", ".join(f"{HEMISPHERE_NAMES[hm]} PCS in {_colour_name(HEMISPHERE_COLOURS[hm])}"
+                       for hm in HEMISPHERES)
+    parts.append(h.figure(
+        sagittal_figure(volumes, dseg_labels), f"PCS mask of {result.image.prefix}",
+        f"Sagittal slices of the native T1w through each hemisphere's PCS (anterior to the "
+        f"right). Colour: probability of PCS ({legend}); white line: the PCS mask. Rows without "
+        "a mask show slices near the midline."))
+    parts.append(h.figure(
+        projection_figure(volumes, dseg_labels), f"PCS overview of {result.image.prefix}",
+        "Overview: maximum-intensity projections of the PCS masks over the mean-intensity "
+        "projections of the T1w (neurological convention: left on the left)."))
+    return h.join(parts)
+
+
+def _classification_part(result: ImageResults, labels: LabelSettings) -> h.Html:
+    parts = [h.heading("PCS class, length and volume")]
+    if not result.has_pcs:
+        parts.append(h.notice("Not run: classes and measures come with PCS inference "
+                              f"({pcs_table_path(result.output_dir, result.image).name})."))
+        return h.join(parts)
+    rows = []
+    for hemisphere in HEMISPHERES:
+        hemi = result.hemispheres.get(hemisphere)
+        if hemi is None:
+            rows.append([HEMISPHERE_NAMES[hemisphere].capitalize(), "n/a", *(["n/a"] * 5)])
+            continue
+        rows.append([h.join([h.swatch(HEMISPHERE_COLOURS[hemisphere]),
+                             HEMISPHERE_NAMES[hemisphere].capitalize()]),
+                     _class_badge(hemi.pcs_class, True),
+                     *(h.probability_bar(hemi.probabilities.get(c)) for c in PCS_CLASSES),
+                     h.fmt(hemi.length_mm), h.fmt(hemi.volume_mm3, 0)])
+    parts.append(h.table(["Hemisphere", "Class", *(f"P({c})" for c in PCS_CLASSES),
+                          "Length (mm)", "Volume (mm³)"], rows, numeric=(5, 6)))
+    thresholds = result.pcs_metadata.get("Thresholds") or {}
+    present = thresholds.get("present_min_mm", labels.present_min_mm)
+    prominent = thresholds.get("prominent_min_mm", labels.prominent_min_mm)
+    parts.append(h.paragraph(
+        f"Length is measured along the sulcus (the mask's skeleton). By length, a PCS is "
+        f"absent below {present:g} mm, present from {present:g} to {prominent:g} mm and "
+        f"prominent above {prominent:g} mm (Yücel et al. 2001); the class shown is the "
+        "network's prediction.", "muted"))
+    return h.join(parts)
+
+
+def _model_part(result: ImageResults) -> h.Html:
+    parts = [h.heading("Model")]
+    if not result.has_pcs:
+        parts.append(h.notice("Not run: no model was applied to this image."))
+        return h.join(parts)
+    model = result.model
+    if not model:
+        parts.append(h.notice("The model is not recorded: "
+                              f"{pcs_metadata_path(result.output_dir, result.image).name} "
+                              "is missing or has no Model entry.", "warn"))
+        return h.join(parts)
+    pairs: list[tuple[str, object]] = [
+        ("Name", model.get("name", "n/a")),
+        ("Stage", model.get("stage", "n/a")),
+        ("Pre-training method", model.get("method", "n/a")),
+        ("Fine-tuning strategy", model.get("strategy", "n/a")),
+        ("Weights SHA-256", h.mono(str(model.get("sha256", "n/a")))),
+        ("Trained with", f"bids_pcs {model['version']}" if model.get("version") else "n/a"),
+        ("Flip test-time augmentation", _yes_no(result.pcs_metadata.get("FlipTTA"))),
+        ("Inference software", f"bids_pcs {result.pcs_metadata.get('SoftwareVersion', 'n/a')}"),
+    ]
+    parts.append(h.key_values(pairs))
+    return h.join(parts)
+
+
+def _files_part(result: ImageResults) -> h.Html:
+    candidates = [result.crop("L"), result.crop("R"), result.dseg, result.probseg("L"),
+                  result.probseg("R"), pcs_table_path(result.output_dir, result.image),
+                  pcs_metadata_path(result.output_dir, result.image),
+                  registration_qc_path(result.output_dir, result.image)]
+    present = [p for p in candidates if p.is_file()]
+    if not present:
+        return h.Html("")
+    items = "".join(
+        f"<li>{h.link(p.relative_to(result.output_dir).as_posix(), p.name)}</li>"
+        for p in present)
+    return h.join([h.heading("Files"), h.Html(f"<ul class=\"files\">{items}</ul>")])
+
+
+def _about(results: list[ImageResults]) -> h.Html:
+    versions = sorted({str(r.pcs_metadata["SoftwareVersion"]) for r in results
+                       if r.pcs_metadata.get("SoftwareVersion")})
+    pairs = [("Report generated by", f"bids_pcs {__version__}"),
+             ("Inference by", ", ".join(f"bids_pcs {v}" for v in versions) or "n/a"),
+             ("Template", f"{TEMPLATE_SPACE} (ICBM 2009a nonlinear symmetric)"),
+             ("Method", "Mamalakis et al., arXiv:2405.19204 (2024)")]
+    return h.section("about", "About", h.key_values(pairs))
+
+
+def _native_t1w(result: ImageResults, raw_dir: Path | None) -> Path | None:
+    image = result.image
+    if image.path.is_file():
+        return image.path
+    if raw_dir is not None and image.relpath and (raw_dir / image.relpath).is_file():
+        return raw_dir / image.relpath
+    return None
+
+
+def _qc_badge(result: ImageResults) -> h.Html:
+    if result.qc is None or result.qc.passed is None:
+        return h.badge("n/a", "muted")
+    return h.badge("passed", "ok") if result.qc.passed else h.badge("failed", "bad")
+
+
+def _class_badge(pcs_class: str | None, ran: bool) -> h.Html:
+    if not ran:
+        return h.badge("not run", "muted")
+    if pcs_class is None:
+        return h.badge("n/a", "muted")
+    return h.badge(pcs_class, pcs_class)
+
+
+def _short_name(image: T1wImage) -> str:
+    # the nav bar shows what distinguishes the images of one participant
+    parts = [f"ses-{image.session}"] if image.session else []
+    parts += [f"{k}-{v}" for k, v in image.entities]
+    return " ".join(parts) or "T1w"
+
+
+def _yes_no(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return "n/a"
+
+
+def _colour_name(colour: str) -> str:
+    names = {HEMISPHERE_COLOURS["L"]: "red", HEMISPHERE_COLOURS["R"]: "green",
+             OUTLINE_COLOURS["brain"]: "red", OUTLINE_COLOURS["white"]: "blue"}
+    return names.get(colour, colour)

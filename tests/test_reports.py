@@ -1,0 +1,142 @@
+"""Per-participant reports: read back from derivatives, sections, figures, browser check."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from pcs_outputs import IMAGES, class_of, cohort, require_browser, screenshot_dir
+
+from bids_pcs.errors import InputDataError
+from bids_pcs.reports import html as h
+from bids_pcs.reports.browser import check_page
+from bids_pcs.reports.results import collect_results, discover_images, read_pcs_table
+from bids_pcs.reports.subject import write_subject_report
+
+IMG_TAG = re.compile(r"<img [^>]*src=\"([^\"]*)\"")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return cohort(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def sub02_report(dataset) -> Path:
+    _, out, images = dataset
+    return write_subject_report(out, "sub-02", images)
+
+
+def test_results_are_read_back_from_outputs(dataset):
+    raw, out, _ = dataset
+    images = discover_images(out)
+    assert [im.prefix for im in images] == sorted(
+        "_".join([f"sub-{s.subject}"] + ([f"ses-{s.session}"] if s.session else [])
+                 + [f"{k}-{v}" for k, v in s.entities]) for s in IMAGES)
+    run2 = next(im for im in images if im.prefix == "sub-02_ses-b_run-2")
+    assert (run2.subject, run2.session, run2.entities) == ("02", "b", (("run", "2"),))
+    # the raw path comes back from the sidecars' Sources and DatasetLinks
+    assert run2.path == raw / "sub-02/ses-b/anat/sub-02_ses-b_run-2_T1w.nii.gz"
+    assert run2.path.is_file()
+
+    results = {r.image.prefix: r for r in collect_results(out)}
+    first = results["sub-01"]
+    spec = IMAGES[0]
+    assert first.has_pcs and first.qc_passed is True
+    assert first.hemispheres["L"].pcs_class == class_of(spec.lengths_mm[0])
+    assert first.hemispheres["L"].length_mm == pytest.approx(spec.lengths_mm[0])
+    assert first.hemispheres["R"].volume_mm3 > 0
+    assert sum(first.hemispheres["L"].probabilities.values()) == pytest.approx(1, abs=1e-3)
+    assert first.model["strategy"] == "lora"
+    assert results["sub-02_ses-b_run-2"].qc_passed is False
+    assert not results["sub-03"].has_pcs and results["sub-03"].qc_passed is True
+
+
+def test_subject_report_has_a_section_per_image(sub02_report):
+    page = sub02_report.read_text()
+    assert sub02_report.name == "sub-02.html"
+    for prefix in ("sub-02_ses-a", "sub-02_ses-b_run-1", "sub-02_ses-b_run-2"):
+        assert f'<section id="{prefix}"' in page
+    for text in ("Registration to MNI152NLin2009aSym", "PCS segmentation",
+                 "PCS class, length and volume", "Model", "finetune-contrastive-lora",
+                 "3f1c9a0be27d4c5e8b6a71f0d2e4c6a8b9d0e1f2a3b4c5d6e7f8091a2b3c4d5e",
+                 "contrastive", "lora", "Registration failed QC", "bids_pcs 0.1.0"):
+        assert text in page, text
+    # registration, sagittal slices and overview for each of the 3 images
+    sources = IMG_TAG.findall(page)
+    assert len(sources) == 9
+    assert all(src.startswith("data:image/png;base64,") for src in sources)
+    # opens offline: nothing is fetched from anywhere
+    assert not re.search(r"(src|href)=\"(https?:)?//", page.replace(
+        'href="https://github.com/bids-pcs/bids_pcs"', ""))
+    assert "Content-Security-Policy" in page
+
+
+def test_preprocessing_only_image_says_not_run(dataset):
+    _, out, images = dataset
+    page = write_subject_report(out, "03", images).read_text()
+    assert "PCS inference not run" in page
+    assert "Not run: no model was applied" in page
+    assert "Correlation with the template" in page
+    assert len(IMG_TAG.findall(page)) == 1  # the registration figure only
+
+
+def test_report_from_outputs_alone(dataset, tmp_path):
+    _, out, _ = dataset
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("*.html"))
+    # the raw data is gone: no DatasetLinks any more
+    description = json.loads((copy / "dataset_description.json").read_text())
+    description.pop("DatasetLinks")
+    (copy / "dataset_description.json").write_text(json.dumps(description))
+    # a QC figure written by the preprocessing is embedded as it is
+    qc = copy / "sub-01/anat/sub-01_desc-registration_qc.json"
+    png = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+                        "1f15c4890000000d49444154789c63f8cfc0f01f0005000201a5d3b1e5"
+                        "0000000049454e44ae426082")
+    (copy / "sub-01/figures").mkdir()
+    (copy / "sub-01/figures/sub-01_desc-registration_qc.png").write_bytes(png)
+    data = json.loads(qc.read_text())
+    data["figure"] = "sub-01/figures/sub-01_desc-registration_qc.png"
+    qc.write_text(json.dumps(data))
+
+    page = write_subject_report(copy, "sub-01").read_text()
+    assert "The raw T1w image is not reachable" in page
+    assert "QC figure written by the preprocessing" in page
+    assert len(IMG_TAG.findall(page)) == 4
+
+
+def test_clear_errors(dataset, tmp_path):
+    _, out, _ = dataset
+    with pytest.raises(InputDataError, match="No results for sub-99"):
+        write_subject_report(out, "99")
+    broken = tmp_path / "sub-01_desc-pcs_pcs.tsv"
+    broken.write_text("hemisphere\tpcs_class\nL\tpresent\n")
+    with pytest.raises(InputDataError, match=r"sub-01_desc-pcs_pcs\.tsv lacks the column"):
+        read_pcs_table(broken)
+
+
+def test_browser_renders_subject_report(sub02_report, tmp_path):
+    exe = require_browser()
+    shot = screenshot_dir(tmp_path) / "sub-02.png"
+    result = check_page(sub02_report, screenshot=shot, height=3600, browser=exe)
+    assert result.ok, result.problems
+    assert result.attributes["images-total"] == "9"
+    assert shot.stat().st_size > 10_000
+
+
+def test_browser_check_catches_broken_images_and_script_errors(tmp_path):
+    exe = require_browser()
+    page = h.write_page(tmp_path / "bad.html", title="t", heading="t", subtitle="", nav=[],
+                        body=h.figure("data:image/png;base64,AAAA", "broken"))
+    result = check_page(page, browser=exe)
+    assert not result.ok
+    assert result.attributes["images-broken"] == "1"
+    script_error = tmp_path / "error.html"
+    script_error.write_text(page.read_text().replace(
+        "</body>", "<script>undefinedFunction();</script></body>"))
+    result = check_page(script_error, browser=exe)
+    assert any("script error" in p for p in result.problems)
