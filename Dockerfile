@@ -20,8 +20,9 @@
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 # ---------------------------------------------------------------- builder
-# Installs into a virtual environment that the runtime stage copies whole, so
-# pip, the build back end and pip's downloads stay out of the final image.
+# The locked dependencies, in a virtual environment that the runtime stage
+# copies whole: the build's leftovers (lock file, pip's temporary files) stay
+# out of the final image, and this stage is rebuilt only when the lock changes.
 FROM ${BASE_IMAGE} AS builder
 
 ARG TORCH_VARIANT=cpu
@@ -51,33 +52,8 @@ RUN torch_pin="$(grep -E '^torch==' /tmp/requirements.lock)" \
     && pip install --no-deps ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$torch_pin" \
     && pip install -r /tmp/requirements.lock
 
-# The app itself, without touching the dependencies; setuptools (locked, as
-# torch needs it) builds it without network access.
-COPY pyproject.toml README.md /src/
-COPY bids_pcs /src/bids_pcs
-COPY pipelines /src/pipelines
-RUN pip install --no-deps --no-build-isolation /src \
-    && pip check \
-    && rm -rf /src/build /src/*.egg-info
-
 # ---------------------------------------------------------------- runtime
 FROM ${BASE_IMAGE} AS runtime
-
-ARG VERSION=dev
-ARG VCS_REF=unknown
-ARG BUILD_DATE=unknown
-ARG IMAGE_TAG=bids_pcs:${VERSION}
-
-LABEL org.opencontainers.image.title="bids_pcs" \
-      org.opencontainers.image.description="BIDS App that finds and classifies the paracingulate sulcus (PCS) in T1-weighted MRI" \
-      org.opencontainers.image.url="https://github.com/bids-pcs/bids_pcs" \
-      org.opencontainers.image.source="https://github.com/bids-pcs/bids_pcs" \
-      org.opencontainers.image.documentation="https://github.com/bids-pcs/bids_pcs#readme" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.vendor="bids_pcs developers" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${VCS_REF}" \
-      org.opencontainers.image.created="${BUILD_DATE}"
 
 COPY --from=builder /opt/venv /opt/venv
 
@@ -103,9 +79,18 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     LANG=C.UTF-8 \
-    LC_ALL=C.UTF-8 \
-    BIDS_PCS_CONTAINER_TYPE=docker \
-    BIDS_PCS_CONTAINER_TAG=${IMAGE_TAG}
+    LC_ALL=C.UTF-8
+
+# The app itself, in a layer of its own (a code change rebuilds a few hundred
+# kB, not the 2 GB of dependencies), without touching the dependencies:
+# setuptools (locked, as torch needs it) builds it without network access.
+COPY pyproject.toml README.md /src/
+COPY bids_pcs /src/bids_pcs
+COPY pipelines /src/pipelines
+RUN PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore \
+    pip install --no-deps --no-build-isolation /src \
+    && pip check \
+    && rm -rf /src
 
 # Fail the build, not a user's run, if the template or an import is missing:
 # the MNI152 2009a template comes inside nilearn's wheel. What the check
@@ -114,6 +99,26 @@ RUN python -c "import bids_pcs.cli, ants, bids, monai, nipype, peft, torch; \
 from nilearn.datasets import load_mni152_template; load_mni152_template(resolution=1)" \
     && bids_pcs --version \
     && rm -rf /tmp/.cache /tmp/.config
+
+# Build metadata last: a new commit (VCS_REF) or date must not invalidate
+# the cached layers above.
+ARG VERSION=dev
+ARG VCS_REF=unknown
+ARG BUILD_DATE=unknown
+ARG IMAGE_TAG=bids_pcs:${VERSION}
+LABEL org.opencontainers.image.title="bids_pcs" \
+      org.opencontainers.image.description="BIDS App that finds and classifies the paracingulate sulcus (PCS) in T1-weighted MRI" \
+      org.opencontainers.image.url="https://github.com/bids-pcs/bids_pcs" \
+      org.opencontainers.image.source="https://github.com/bids-pcs/bids_pcs" \
+      org.opencontainers.image.documentation="https://github.com/bids-pcs/bids_pcs#readme" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.vendor="bids_pcs developers" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${VCS_REF}" \
+      org.opencontainers.image.created="${BUILD_DATE}"
+# what the derivatives report as GeneratedBy.Container (bids_pcs.io.derivatives)
+ENV BIDS_PCS_CONTAINER_TYPE=docker \
+    BIDS_PCS_CONTAINER_TAG=${IMAGE_TAG}
 
 WORKDIR /tmp
 ENTRYPOINT ["bids_pcs"]

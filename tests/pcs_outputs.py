@@ -242,6 +242,7 @@ def _head() -> nib.Nifti1Image:
 def _save(img: nib.Nifti1Image, path: Path) -> None:
     from bids_pcs.io.atomic import atomic_path
 
+    img.header.set_xyzt_units("mm")
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
 

@@ -1,7 +1,7 @@
 """Contrastive learning: two augmented views per crop, NT-Xent over the whole batch.
 
 Each crop yields two views through MONAI random transforms; the encoder's
-multi-scale features (globally pooled skips and bottleneck) pass through a
+multi-scale features (skips and bottleneck, each globally mean- and max-pooled) pass through a
 projection head; ``monai.losses.ContrastiveLoss`` (SimCLR's NT-Xent) pulls the
 two views of a crop together and pushes every other crop of the batch (and its
 views) away.  Only the encoder learns: the decoder gets no signal from a global
@@ -67,7 +67,7 @@ class Contrastive(Objective):
 
     name: ClassVar[str] = "contrastive"
     defaults: ClassVar[dict[str, Any]] = {
-        "temperature": 0.5,
+        "temperature": 0.2,
         "projection_dim": 128,
         "hidden_dim": 512,
         "rotate_degrees": 10.0,
@@ -76,10 +76,14 @@ class Contrastive(Objective):
     }
 
     def setup(self, network: nn.Module) -> None:
-        channels = sum(network.skip_channels) + network.bottleneck_channels
+        # mean and max of every scale: instance normalisation leaves the means alone
+        # nearly equal across crops, the maxima keep what differs
+        channels = 2 * (sum(network.skip_channels) + network.bottleneck_channels)
         hidden = int(self.options["hidden_dim"])
+        # batch normalisation in the projection (as in SimCLR) keeps the embeddings
+        # from collapsing onto the direction every crop shares
         self.projection = nn.Sequential(
-            nn.Linear(channels, hidden), nn.ReLU(inplace=True),
+            nn.Linear(channels, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
             nn.Linear(hidden, int(self.options["projection_dim"])),
         )
         self.loss_fn = ContrastiveLoss(temperature=float(self.options["temperature"]))
@@ -102,7 +106,10 @@ class Contrastive(Objective):
     def embed(self, image: torch.Tensor, network: nn.Module) -> torch.Tensor:
         """Projected multi-scale descriptor of each crop (B, projection_dim)."""
         encoded = network.encoder(image)
-        pooled = [x.float().mean(dim=(2, 3, 4)) for x in (*encoded.skips, encoded.bottleneck)]
+        pooled = []
+        for scale in (*encoded.skips, encoded.bottleneck):
+            flat = scale.float().flatten(2)
+            pooled += [flat.mean(dim=2), flat.amax(dim=2)]
         return self.projection(torch.cat(pooled, dim=1))
 
     def losses(self, batch: Batch, network: nn.Module, phase: str) -> dict[str, torch.Tensor]:

@@ -49,7 +49,6 @@ _STYLE = {
     "ytick.color": "#374151",
     "legend.frameon": False,
     "legend.fontsize": 8.5,
-    "savefig.bbox": "tight",
     "savefig.pad_inches": 0.06,
     "image.interpolation": "nearest",
 }
@@ -62,15 +61,21 @@ def report_style() -> Iterator[None]:
         yield
 
 
-def to_data_uri(fig: Figure, *, dpi: int = 110) -> str:
+def to_data_uri(fig: Figure, *, dpi: int = 110, tight: bool = True) -> str:
     """Render ``fig`` to PNG and return it as a base64 data URI."""
-    return "data:image/png;base64," + base64.b64encode(to_png(fig, dpi=dpi)).decode("ascii")
+    png = to_png(fig, dpi=dpi, tight=tight)
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def to_png(fig: Figure, *, dpi: int = 110) -> bytes:
-    """Render ``fig`` to PNG bytes (keeping its face colour, e.g. a dark background)."""
+def to_png(fig: Figure, *, dpi: int = 110, tight: bool = True) -> bytes:
+    """Render ``fig`` to PNG bytes (keeping its face colour, e.g. a dark background).
+
+    ``tight`` trims the margins to the drawn artists, at the cost of drawing
+    the figure twice; image grids set their margins themselves and skip it.
+    """
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, facecolor=fig.get_facecolor())
+    fig.savefig(buffer, format="png", dpi=dpi, facecolor=fig.get_facecolor(),
+                bbox_inches="tight" if tight else None)
     return buffer.getvalue()
 
 

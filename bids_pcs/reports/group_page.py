@@ -136,7 +136,7 @@ def _length(rows: pd.DataFrame, summary: dict[str, Any], thresholds: tuple[float
             stats = summary["length_mm"][side][group]
             table_rows.append([side.capitalize(), group, stats["n"], h.fmt(stats["mean"]),
                                h.fmt(stats["sd"]), h.fmt(stats["median"]),
-                               f"{h.fmt(stats['min'])} – {h.fmt(stats['max'])}"])
+                               _range(stats["min"], stats["max"])])
     parts.append(h.table(["Hemisphere", "Class", "n", "Mean (mm)", "SD", "Median", "Range"],
                          table_rows, numeric=(2, 3, 4, 5, 6)))
     return h.join(parts)
@@ -215,3 +215,7 @@ def _count_pct(count: int, n: int) -> str:
 
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.0%}"
+
+
+def _range(low: float | None, high: float | None) -> str:
+    return "n/a" if low is None or high is None else f"{h.fmt(low)} – {h.fmt(high)}"

@@ -83,7 +83,8 @@ def sagittal_figure(volumes: NativeVolumes, labels: dict[str, int]) -> str:
         fig = Figure(figsize=(2.55 * N_SAGITTAL, 2.75 * len(HEMISPHERES)),
                      facecolor=DARK_BACKGROUND)
         axes = fig.subplots(len(HEMISPHERES), N_SAGITTAL, squeeze=False,
-                            gridspec_kw={"wspace": 0.04, "hspace": 0.16})
+                            gridspec_kw={"wspace": 0.04, "hspace": 0.12, "left": 0.035,
+                                         "right": 0.995, "top": 0.95, "bottom": 0.01})
         background, low, high = _background(volumes)
         for row, hemisphere in enumerate(HEMISPHERES):
             mask = volumes.mask(hemisphere, labels)
@@ -98,14 +99,15 @@ def sagittal_figure(volumes: NativeVolumes, labels: dict[str, int]) -> str:
             axes[row][0].text(-0.06, 0.5, f"{HEMISPHERE_NAMES[hemisphere]}{empty}",
                               color="#e5e7eb", rotation=90, va="center", ha="right",
                               transform=axes[row][0].transAxes)
-        return to_data_uri(fig)
+        return to_data_uri(fig, tight=False)
 
 
 def projection_figure(volumes: NativeVolumes, labels: dict[str, int]) -> str:
     """Maximum-intensity projections of both masks over the T1w, three views."""
     with report_style():
         fig = Figure(figsize=(10.2, 3.5), facecolor=DARK_BACKGROUND)
-        axes = fig.subplots(1, 3, gridspec_kw={"wspace": 0.05})
+        axes = fig.subplots(1, 3, gridspec_kw={"wspace": 0.05, "left": 0.01, "right": 0.99,
+                                               "top": 0.92, "bottom": 0.01})
         background, _, _ = _background(volumes)
         zx, zy, zz = volumes.zooms
         # axis projected away, plane shown (rows up), pixel aspect, title, side labels
@@ -125,7 +127,7 @@ def projection_figure(volumes: NativeVolumes, labels: dict[str, int]) -> str:
             ax.text(0.02, 0.03, sides[0], color="#9ca3af", transform=ax.transAxes)
             ax.text(0.98, 0.03, sides[1], color="#9ca3af", ha="right", transform=ax.transAxes)
             ax.set_axis_off()
-        return to_data_uri(fig)
+        return to_data_uri(fig, tight=False)
 
 
 def _background(volumes: NativeVolumes) -> tuple[np.ndarray, float, float]:

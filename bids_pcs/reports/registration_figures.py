@@ -10,6 +10,7 @@ crop's grid through its affine, which works for the mirrored right crop too.
 from __future__ import annotations
 
 import functools
+from importlib import resources
 from pathlib import Path
 
 import nibabel as nib
@@ -30,34 +31,68 @@ from bids_pcs.reports.figures import (
 SAGITTAL_OFFSETS_MM = (4.0, 8.0, 12.0)
 
 
+# nilearn's copies of the ICBM 2009a symmetric tissue maps (1 mm, uint8 0-255)
+_TISSUE_FILES = {"grey": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+                 "white": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"}
+
+
 @functools.lru_cache(maxsize=1)
 def _tissue_templates() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from nilearn import datasets  # slow import, needed only for this figure
+    """(grey + white, white, affine) of the template, probabilities in [0, 1]."""
+    maps = {}
+    affine = None
+    for name, filename in _TISSUE_FILES.items():
+        img = _load_tissue(name, filename)
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        maps[name] = data / 255.0 if data.max() > 1.5 else data
+        affine = img.affine
+    return maps["grey"] + maps["white"], maps["white"], affine  # type: ignore[return-value]
 
-    grey = datasets.load_mni152_gm_template(resolution=1)
-    white = datasets.load_mni152_wm_template(resolution=1)
-    brain = np.asarray(grey.get_fdata(), dtype=np.float32) + np.asarray(white.get_fdata(),
-                                                                          dtype=np.float32)
-    return brain, np.asarray(white.get_fdata(), dtype=np.float32), grey.affine
+
+def _load_tissue(name: str, filename: str) -> nib.Nifti1Image:
+    # read the file from nilearn's wheel directly: importing nilearn.datasets
+    # takes seconds (it imports every fetcher), the file itself a tenth of that
+    path = resources.files("nilearn") / "datasets" / "data" / filename
+    if path.is_file():
+        return nib.load(str(path))
+    from nilearn import datasets
+
+    loader = {"grey": datasets.load_mni152_gm_template,
+              "white": datasets.load_mni152_wm_template}[name]
+    return loader(resolution=1)
 
 
 def template_on_grid(affine: np.ndarray, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
     """Template tissue maps (``brain`` = grey + white, ``white``) on a voxel grid.
+
+    Every crop of a run shares one grid per hemisphere, so results are cached.
 
     Args:
         affine: voxel-to-template-millimetre affine of the grid (e.g. a crop's).
         shape: the grid's shape.
 
     Returns:
-        Probability maps in [0, 1] with shape ``shape``, linearly interpolated.
+        Read-only probability maps in [0, 1] with shape ``shape``, linearly
+        interpolated.
     """
+    key = np.round(np.asarray(affine, dtype=float), 6)
+    return _template_on_grid(key.tobytes(), tuple(int(n) for n in shape))
+
+
+@functools.lru_cache(maxsize=8)
+def _template_on_grid(affine_bytes: bytes, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    affine = np.frombuffer(affine_bytes, dtype=float).reshape(4, 4)
     brain, white, template_affine = _tissue_templates()
-    voxel_to_template = np.linalg.inv(template_affine) @ np.asarray(affine, dtype=float)
+    voxel_to_template = np.linalg.inv(template_affine) @ affine
     grid = np.indices(shape, dtype=np.float32).reshape(3, -1)
     coords = voxel_to_template[:3, :3] @ grid + voxel_to_template[:3, 3:4]
-    return {name: ndimage.map_coordinates(volume, coords, order=1, mode="constant",
-                                          cval=0.0).reshape(shape)
-            for name, volume in (("brain", brain), ("white", white))}
+    out = {}
+    for name, volume in (("brain", brain), ("white", white)):
+        resampled = ndimage.map_coordinates(volume, coords, order=1, mode="constant",
+                                            cval=0.0).reshape(shape)
+        resampled.flags.writeable = False
+        out[name] = resampled
+    return out
 
 
 def registration_figure(crops: dict[str, Path]) -> str | None:
@@ -76,10 +111,12 @@ def registration_figure(crops: dict[str, Path]) -> str | None:
         widths = [shape[1]] * len(SAGITTAL_OFFSETS_MM) + [shape[0], shape[0] * shape[2] / shape[1]]
         fig = Figure(figsize=(11.0, 2.55 * len(rows)), facecolor=DARK_BACKGROUND)
         axes = fig.subplots(len(rows), len(widths), squeeze=False,
-                            gridspec_kw={"wspace": 0.05, "hspace": 0.2, "width_ratios": widths})
+                            gridspec_kw={"wspace": 0.05, "hspace": 0.2, "width_ratios": widths,
+                                         "left": 0.035, "right": 0.995, "top": 0.93,
+                                         "bottom": 0.01})
         for row, (hemisphere, path) in enumerate(rows):
             _draw_crop_row(axes[row], hemisphere, nib.load(str(path)))
-        return to_data_uri(fig)
+        return to_data_uri(fig, tight=False)
 
 
 def _draw_crop_row(axes, hemisphere: str, image: nib.Nifti1Image) -> None:

@@ -44,6 +44,8 @@ from bids_pcs.reports.results import (
 )
 
 LOGGER = logging.getLogger("bids_pcs.reports")
+_ENTITY_NAMES = {"acq": "Acquisition", "ce": "Contrast agent", "rec": "Reconstruction",
+                 "run": "Run"}
 
 
 def subject_report_path(output_dir: Path, subject: str) -> Path:
@@ -116,7 +118,7 @@ def _image_section(result: ImageResults, raw_dir: Path | None, dseg_labels: dict
     image = result.image
     facts = [("Participant", f"sub-{image.subject}"),
              ("Session", f"ses-{image.session}" if image.session else "n/a")]
-    facts += [(key, value) for key, value in image.entities]
+    facts += [(_ENTITY_NAMES.get(key, key), value) for key, value in image.entities]
     facts.append(("Source", h.mono(image.bids_uri if image.relpath else image.prefix)))
     parts = [h.key_values(facts),
              _registration_part(result),

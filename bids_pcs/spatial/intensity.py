@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from bids_pcs.config import IntensitySettings
-from bids_pcs.spatial.antsio import import_ants, to_ants, to_nibabel
+from bids_pcs.spatial.antsio import downsample, import_ants, to_ants, to_nibabel
 
 N4_SPACING_MM = 4.0
 N4_ITERATIONS = (50, 40, 30)
@@ -50,10 +50,8 @@ def n4_correct(image: nib.Nifti1Image) -> tuple[nib.Nifti1Image, nib.Nifti1Image
     # N4 works on log intensities: shift to strictly positive values
     offset = float(max(0.0, -data.min())) + 1e-3 * float(np.ptp(data) or 1.0)
     shifted = native + offset
-    coarse = ants.resample_image(
-        ants.smooth_image(shifted, N4_SPACING_MM / 2.355, sigma_in_physical_coordinates=True),
-        (N4_SPACING_MM,) * 3, use_voxels=False, interp_type=0,
-    )
+    # pad so the coarse grid (and hence the fitted field) covers every native voxel
+    coarse = ants.pad_image(downsample(shifted, N4_SPACING_MM), pad_width=[(2, 2)] * 3)
     mask = ants.from_numpy(foreground_mask(coarse.numpy()).astype(np.float32),
                            origin=coarse.origin, spacing=coarse.spacing,
                            direction=coarse.direction)

@@ -24,7 +24,7 @@ writes composite (``.h5``) forward and inverse transforms.
 from __future__ import annotations
 
 import functools
-import itertools
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +32,7 @@ import nibabel as nib
 import numpy as np
 
 from bids_pcs.config import CropSettings, RegistrationSettings
-from bids_pcs.spatial.antsio import import_ants, to_ants, to_nibabel
+from bids_pcs.spatial.antsio import downsample, import_ants, to_ants, to_nibabel
 from bids_pcs.spatial.crops import box_mask
 from bids_pcs.spatial.intensity import foreground_mask
 from bids_pcs.spatial.template import load_template, registration_mask
@@ -85,12 +85,12 @@ def register_to_template(
     moving = to_ants(image)
 
     fixed_coarse, mask_coarse = _template_at(settings.coarse_mm)
-    moving_coarse = _downsample(moving, settings.coarse_mm)
+    moving_coarse = downsample(moving, settings.coarse_mm)
     initial, rotation, metric = _initialise(fixed_coarse, mask_coarse, moving_coarse, settings,
                                             out_dir)
 
     fixed_fine, mask_fine = _template_at(settings.fine_mm)
-    moving_fine = _downsample(moving, settings.fine_mm)
+    moving_fine = downsample(moving, settings.fine_mm)
     files = {
         "fixed": fixed_fine, "moving": moving_fine, "mask": mask_fine,
         "region": _region_mask(fixed_fine, mask_fine, crop),
@@ -141,6 +141,8 @@ def register_to_template(
 def _initialise(fixed, mask, moving, settings: RegistrationSettings, out_dir: Path):
     """Best start: centre of the cranium matched, several rotations fitted rigidly."""
     ants = import_ants()
+    scratch = out_dir / "init_search"
+    scratch.mkdir(exist_ok=True)
     fixed_centre = _cranium_centre_lps(fixed, from_mask=mask)
     moving_centre = _cranium_centre_lps(moving)
     best: tuple[float, Path, tuple[float, float, float]] | None = None
@@ -152,11 +154,11 @@ def _initialise(fixed, mask, moving, settings: RegistrationSettings, out_dir: Pa
         params = np.asarray(start.parameters, dtype=float)
         params[:3] = np.deg2rad(rotation)
         start.set_parameters(params)
-        start_file = out_dir / f"init_start{index}.mat"
+        start_file = scratch / f"start{index}.mat"
         ants.write_transform(start, str(start_file))
         result = ants.registration(
             fixed, moving, type_of_transform="Rigid", initial_transform=str(start_file),
-            outprefix=str(out_dir / f"init{index}_"), mask=mask,
+            outprefix=str(scratch / f"fit{index}_"), mask=mask,
             aff_iterations=(_START_ITERATIONS,), aff_shrink_factors=(1,),
             aff_smoothing_sigmas=(0,), aff_sampling=_MI_BINS, aff_random_sampling_rate=0.5,
         )
@@ -169,8 +171,7 @@ def _initialise(fixed, mask, moving, settings: RegistrationSettings, out_dir: Pa
     assert best is not None
     chosen = out_dir / "init_best.mat"
     chosen.write_bytes(best[1].read_bytes())
-    for leftover in itertools.chain(out_dir.glob("init*_*"), out_dir.glob("init_start*")):
-        leftover.unlink()
+    shutil.rmtree(scratch)
     return chosen, best[2], best[0]
 
 
@@ -196,21 +197,9 @@ def _template_at(spacing_mm: float):
     ants = import_ants()
     template = to_ants(load_template().t1)
     mask = to_ants(registration_mask())
-    fixed = _downsample(template, spacing_mm)
+    fixed = downsample(template, spacing_mm)
     mask_low = ants.resample_image_to_target(mask, fixed, interp_type="nearestNeighbor")
     return fixed, mask_low
-
-
-def _downsample(image, spacing_mm: float):
-    """Anti-aliased copy of ``image`` on an isotropic ``spacing_mm`` grid."""
-    ants = import_ants()
-    current = float(min(image.spacing))
-    if spacing_mm <= current:
-        return image.clone()
-    # Gaussian whose FWHM bridges the native and target resolutions
-    sigma = np.sqrt(spacing_mm**2 - current**2) / 2.355
-    smooth = ants.smooth_image(image, float(sigma), sigma_in_physical_coordinates=True)
-    return ants.resample_image(smooth, (spacing_mm,) * 3, use_voxels=False, interp_type=0)
 
 
 def _region_mask(fixed, brain_mask, crop: CropSettings):

@@ -146,10 +146,7 @@ def _load_mni() -> AnatomySource:
     tissue = (CSF * csf_p + GM * gm + WM * wm) * brain
     levels = pcs_geometry.smooth_out_band(levels, affine)
     tissue = pcs_geometry.smooth_out_band(tissue, affine)
-    if colin27_available():
-        head = _colin_head_levels(brain, affine)
-    else:
-        head = _layered_shell(brain)
+    head = _colin_head_levels(brain, affine) if colin27_available() else _layered_shell(brain)
     return AnatomySource(MNI_NAME, levels.astype(np.float32), tissue.astype(np.float32),
                          head.astype(np.float32), brain, affine)
 

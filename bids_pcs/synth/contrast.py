@@ -16,7 +16,6 @@ import numpy as np
 from bids_pcs.synth import anatomy
 from bids_pcs.synth.deformation import separable_bspline_field
 
-
 _LUT_STEP = 1.0 / 256
 
 

@@ -44,7 +44,7 @@ def overview_figure(items: Sequence[tuple[Path, Path, dict]], out_path: Path) ->
             ys = slice(max(0, y0 - half_y), y0 + half_y)
             zs = slice(max(0, z0 - half_z), z0 + half_z)
             plane = image[x, ys, zs].T
-            mask = label[x, ys, zs].T == value
+            mask = np.equal(label[x, ys, zs].T, value)
             aspect = zooms[2] / zooms[1]
             for j, outline in enumerate((False, True)):
                 ax = axes[row, 2 * k + j]

@@ -129,12 +129,14 @@ def draw_course(rng: np.random.Generator, hemisphere: str, length_mm: float) -> 
         hemisphere=hemisphere,
         length_mm=length,
         start_mm=start,
-        offset_mm=float(rng.uniform(-1.5, 1.5)),
+        # ranges chosen so the sheet stays inside the Harvard-Oxford paracingulate
+        # gyrus, which thins laterally and dorsally (tested)
+        offset_mm=float(rng.uniform(-1.5, 1.0)),
         wave_mm=float(rng.uniform(0.0, 1.5)),
         wavelength_mm=float(rng.uniform(25.0, 50.0)),
         phase=float(rng.uniform(0.0, 2 * np.pi)),
-        tilt=float(rng.uniform(-0.3, 0.3)),
-        depth_mm=float(rng.uniform(8.0, 12.0)),
+        tilt=float(rng.uniform(-0.25, 0.1)),
+        depth_mm=float(rng.uniform(8.0, 11.0)),
         half_width_mm=float(rng.uniform(0.75, 1.15)),
         halo_mm=float(rng.uniform(1.5, 2.5)),
     )
@@ -182,6 +184,10 @@ def carve(levels: np.ndarray, affine: np.ndarray, course: PcsCourse) -> CarvedLa
     ceiling = np.interp(distance, [h, h + ramp, h + ramp + halo, h + 2 * ramp + halo],
                         [1.0, 2.0, 2.0, 5.0])
     # only this hemisphere, lateral of the fissure
+    # flat ends: nothing beyond the course's first and last points, so the
+    # label is exactly as long as the course
+    nearest = nearest.reshape(x_abs.shape)
+    ceiling[(nearest == 0) | (nearest == len(centre) - 1)] = np.inf
     ceiling[x_abs < _MEDIAL_X_MM] = np.inf
     ceiling[np.sign(grid[0]) != course.side] = np.inf
     region = levels[box]

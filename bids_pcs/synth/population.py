@@ -30,7 +30,7 @@ DEFAULT_PREVALENCE: dict[str, tuple[float, float, float]] = {
 GROUPS = ("control", "psychosis")
 # lengths stay this far from a class threshold, so any reasonable way of
 # measuring a mask (skeleton, principal axis, native or template space) agrees
-LENGTH_MARGIN_MM = 2.5
+LENGTH_MARGIN_MM = 3.5
 ABSENT_DIMPLE_MM = (6.0, 14.0)
 PROMINENT_SPAN_MM = 20.0
 
