@@ -1,7 +1,7 @@
 """Contrastive learning: two augmented views per crop, NT-Xent over the whole batch.
 
 Each crop yields two views through MONAI random transforms; the encoder's
-multi-scale features (skips and bottleneck, each globally mean- and max-pooled) pass through a
+multi-scale features (skips and bottleneck, each average-pooled onto a coarse grid) pass through a
 projection head; ``monai.losses.ContrastiveLoss`` (SimCLR's NT-Xent) pulls the
 two views of a crop together and pushes every other crop of the batch (and its
 views) away.  Only the encoder learns: the decoder gets no signal from a global
@@ -31,9 +31,13 @@ from bids_pcs.pretraining.base import register
 from bids_pcs.training.objective import Batch, Objective
 
 
-def make_view_transform(rotate_degrees: float, scale: float, noise_std: float) -> Compose:
+def make_view_transform(rotate_degrees: float, scale: float, noise_std: float,
+                        dropout_holes: int, dropout_size: int) -> Compose:
     """The random transforms that turn one crop (C, X, Y, Z) into one view."""
     radians = rotate_degrees * torch.pi / 180.0
+    dropout = ([RandCoarseDropout(holes=dropout_holes, spatial_size=dropout_size,
+                                  max_spatial_size=2 * dropout_size, prob=0.5)]
+               if dropout_holes > 0 else [])
     return Compose([
         RandAffine(prob=0.8, rotate_range=(radians,) * 3, scale_range=(scale,) * 3,
                    padding_mode="border"),
@@ -42,7 +46,7 @@ def make_view_transform(rotate_degrees: float, scale: float, noise_std: float) -
         RandShiftIntensity(prob=0.5, offsets=0.1),
         RandGaussianSmooth(prob=0.3, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0)),
         RandGaussianNoise(prob=0.8, std=noise_std),
-        RandCoarseDropout(holes=4, spatial_size=6, max_spatial_size=12, prob=0.5),
+        *dropout,
     ])
 
 
@@ -57,6 +61,9 @@ class Contrastive(Objective):
         rotate_degrees: largest rotation of a view, per axis.
         scale: largest relative zoom of a view.
         noise_std: standard deviation of the added Gaussian noise.
+        dropout_holes: cuboids blanked per view (0: none).
+        dropout_size: smallest side of a blanked cuboid in voxels (largest: twice).
+        pool_grid: each encoder scale is average-pooled to a grid of this side.
 
     Example::
 
@@ -73,23 +80,31 @@ class Contrastive(Objective):
         "rotate_degrees": 10.0,
         "scale": 0.1,
         "noise_std": 0.05,
+        "dropout_holes": 4,
+        "dropout_size": 6,
+        "pool_grid": 2,
     }
 
     def setup(self, network: nn.Module) -> None:
-        # mean and max of every scale: instance normalisation leaves the means alone
-        # nearly equal across crops, the maxima keep what differs
-        channels = 2 * (sum(network.skip_channels) + network.bottleneck_channels)
+        # each scale is average-pooled onto a coarse grid rather than to one value:
+        # aligned crops share their global statistics (and instance normalisation
+        # removes the rest); where structures lie is what tells crops apart
+        grid = int(self.options["pool_grid"])
+        channels = grid**3 * (sum(network.skip_channels) + network.bottleneck_channels)
         hidden = int(self.options["hidden_dim"])
-        # batch normalisation in the projection (as in SimCLR) keeps the embeddings
-        # from collapsing onto the direction every crop shares
+        # layer normalisation puts the pooled scales on one footing; no batch
+        # normalisation, which is erratic at the few crops per GPU of 3D training
         self.projection = nn.Sequential(
-            nn.Linear(channels, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+            nn.LayerNorm(channels),
+            nn.Linear(channels, hidden), nn.ReLU(inplace=True),
             nn.Linear(hidden, int(self.options["projection_dim"])),
         )
         self.loss_fn = ContrastiveLoss(temperature=float(self.options["temperature"]))
         self.views = make_view_transform(float(self.options["rotate_degrees"]),
                                          float(self.options["scale"]),
-                                         float(self.options["noise_std"]))
+                                         float(self.options["noise_std"]),
+                                         int(self.options["dropout_holes"]),
+                                         int(self.options["dropout_size"]))
 
     def trainable_names(self, network: nn.Module) -> list[str]:
         return [n for n, _ in network.named_parameters() if n.startswith("encoder.")]
@@ -106,10 +121,9 @@ class Contrastive(Objective):
     def embed(self, image: torch.Tensor, network: nn.Module) -> torch.Tensor:
         """Projected multi-scale descriptor of each crop (B, projection_dim)."""
         encoded = network.encoder(image)
-        pooled = []
-        for scale in (*encoded.skips, encoded.bottleneck):
-            flat = scale.float().flatten(2)
-            pooled += [flat.mean(dim=2), flat.amax(dim=2)]
+        grid = int(self.options["pool_grid"])
+        pooled = [nn.functional.adaptive_avg_pool3d(scale.float(), grid).flatten(1)
+                  for scale in (*encoded.skips, encoded.bottleneck)]
         return self.projection(torch.cat(pooled, dim=1))
 
     def losses(self, batch: Batch, network: nn.Module, phase: str) -> dict[str, torch.Tensor]:

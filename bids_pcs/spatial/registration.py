@@ -48,10 +48,18 @@ _START_ROTATIONS_DEG = (
     (0, 0, 20), (0, 0, -20),
 )
 _START_ITERATIONS = 40
-# margin around the crop boxes seen by the local refinement (mm)
+# the start search runs on 8 mm copies: a few thousand voxels, a fraction of a second each
+_INIT_MM = 8.0
+# affine iterations at coarse_mm, fine_mm; the fine level samples few points
+# because the whole brain at 2 mm is large and the coarse level did the work
+_AFFINE_ITERATIONS = (100, 30)
+_AFFINE_SAMPLING = 0.15
+# local refinement at fine_mm on the crop boxes (+ margin) only
 _REGION_MARGIN_MM = 10.0
+_REGION_ITERATIONS = 40
+_REGION_SAMPLING = 0.25
+_SYN_ITERATIONS = (60, 30)
 _MI_BINS = 32
-_SAMPLING = 0.25
 
 
 @dataclass(frozen=True)
@@ -78,73 +86,75 @@ def register_to_template(
     crop: CropSettings,
     out_dir: Path,
 ) -> RegistrationResult:
-    """Register ``image`` (bias-corrected, native space) to the template."""
-    ants = import_ants()
+    """Register ``image`` (bias-corrected, native space) to the template.
+
+    Writes ``reg_Composite.h5`` and ``reg_InverseComposite.h5`` in ``out_dir``.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     moving = to_ants(image)
+    initial, rotation, metric = _initialise(moving, settings, out_dir)
 
-    fixed_coarse, mask_coarse = _template_at(settings.coarse_mm)
-    moving_coarse = downsample(moving, settings.coarse_mm)
-    initial, rotation, metric = _initialise(fixed_coarse, mask_coarse, moving_coarse, settings,
-                                            out_dir)
-
-    fixed_fine, mask_fine = _template_at(settings.fine_mm)
-    moving_fine = downsample(moving, settings.fine_mm)
-    files = {
-        "fixed": fixed_fine, "moving": moving_fine, "mask": mask_fine,
-        "region": _region_mask(fixed_fine, mask_fine, crop),
-    }
-    paths = {}
-    for key, img in files.items():
-        paths[key] = out_dir / f"reg_{key}.nii.gz"
-        ants.image_write(img, str(paths[key]))
-
+    fixed, brain = _template_at(settings.fine_mm)
+    paths = _write_images(out_dir, {
+        "fixed": fixed, "moving": downsample(moving, settings.fine_mm), "mask": brain,
+        "region": _region_mask(fixed, brain, crop),
+    })
     shrink = max(1, int(round(settings.coarse_mm / settings.fine_mm)))
-    metric_arg = f"MI[{paths['fixed']},{paths['moving']},1,{_MI_BINS},Regular,{_SAMPLING}]"
+    factors = f"{shrink}x1" if shrink > 1 else "1"
+    sigmas = "1x0vox" if shrink > 1 else "0vox"
+    iterations = f"{_AFFINE_ITERATIONS[0]}x{_AFFINE_ITERATIONS[1]}" if shrink > 1 else str(
+        _AFFINE_ITERATIONS[1])
     args = [
         "--dimensionality", "3", "--float", "1",
         "--output", str(out_dir / "reg_"),
         "--initial-moving-transform", str(initial),
         "--collapse-output-transforms", "1", "--write-composite-transform", "1",
         "--random-seed", str(settings.random_seed),
-        "--transform", "Affine[0.1]", "--metric", metric_arg,
-        "--convergence", f"[{_levels(200, shrink)},1e-6,10]",
-        "--shrink-factors", _factors(shrink), "--smoothing-sigmas", _sigmas(shrink),
-        "--masks", f"[{paths['mask']},NULL]",
+        "--transform", "Affine[0.1]",
+        "--metric", _mi(paths, _AFFINE_SAMPLING),
+        "--convergence", f"[{iterations},1e-6,10]",
+        "--shrink-factors", factors, "--smoothing-sigmas", sigmas,
+        "--masks", str(paths["mask"]),
     ]
     if settings.refine_on_region:
         args += [
-            "--transform", "Affine[0.05]", "--metric", metric_arg,
-            "--convergence", "[60,1e-6,10]",
+            "--transform", "Affine[0.05]",
+            "--metric", _mi(paths, _REGION_SAMPLING),
+            "--convergence", f"[{_REGION_ITERATIONS},1e-6,10]",
             "--shrink-factors", "1", "--smoothing-sigmas", "0vox",
-            "--masks", f"[{paths['region']},NULL]",
+            "--masks", str(paths["region"]),
         ]
     if settings.deformable:
+        syn_iterations = f"{_SYN_ITERATIONS[0]}x{_SYN_ITERATIONS[1]}" if shrink > 1 else str(
+            _SYN_ITERATIONS[1])
         args += [
             "--transform", "SyN[0.15,3,0]",
-            "--metric", f"MI[{paths['fixed']},{paths['moving']},1,{_MI_BINS}]",
-            "--convergence", f"[{_levels(60, shrink, decay=2)},1e-6,10]",
-            "--shrink-factors", _factors(shrink), "--smoothing-sigmas", _sigmas(shrink),
-            "--masks", f"[{paths['mask']},NULL]",
+            "--metric", _mi(paths, None),
+            "--convergence", f"[{syn_iterations},1e-6,10]",
+            "--shrink-factors", factors, "--smoothing-sigmas", sigmas,
+            "--masks", str(paths["mask"]),
         ]
-    ants.registration(fixed=args, moving=None)
+    _ants_registration(args)
+    for path in paths.values():
+        path.unlink()
     forward = out_dir / "reg_Composite.h5"
     inverse = out_dir / "reg_InverseComposite.h5"
     if not (forward.is_file() and inverse.is_file()):
         raise RuntimeError(f"antsRegistration wrote no composite transforms in {out_dir}")
-    for key in files:
-        paths[key].unlink()
     return RegistrationResult(forward, inverse, rotation, metric)
 
 
-def _initialise(fixed, mask, moving, settings: RegistrationSettings, out_dir: Path):
+def _initialise(moving, settings: RegistrationSettings, out_dir: Path):
     """Best start: centre of the cranium matched, several rotations fitted rigidly."""
     ants = import_ants()
     scratch = out_dir / "init_search"
     scratch.mkdir(exist_ok=True)
+    fixed, mask = _template_at(_INIT_MM)
+    moving_low = downsample(moving, _INIT_MM)
+    paths = _write_images(scratch, {"fixed": fixed, "moving": moving_low, "mask": mask})
     fixed_centre = _cranium_centre_lps(fixed, from_mask=mask)
-    moving_centre = _cranium_centre_lps(moving)
+    moving_centre = _cranium_centre_lps(moving_low)
     best: tuple[float, Path, tuple[float, float, float]] | None = None
     for index, rotation in enumerate(_START_ROTATIONS_DEG):
         start = ants.create_ants_transform(
@@ -156,14 +166,19 @@ def _initialise(fixed, mask, moving, settings: RegistrationSettings, out_dir: Pa
         start.set_parameters(params)
         start_file = scratch / f"start{index}.mat"
         ants.write_transform(start, str(start_file))
-        result = ants.registration(
-            fixed, moving, type_of_transform="Rigid", initial_transform=str(start_file),
-            outprefix=str(scratch / f"fit{index}_"), mask=mask,
-            aff_iterations=(_START_ITERATIONS,), aff_shrink_factors=(1,),
-            aff_smoothing_sigmas=(0,), aff_sampling=_MI_BINS, aff_random_sampling_rate=0.5,
-        )
-        fitted = Path(result["fwdtransforms"][0])
-        warped = ants.apply_transforms(fixed, moving, [str(fitted)])
+        prefix = scratch / f"fit{index}_"
+        _ants_registration([
+            "--dimensionality", "3", "--float", "1", "--output", str(prefix),
+            "--initial-moving-transform", str(start_file),
+            "--collapse-output-transforms", "1",
+            "--random-seed", str(settings.random_seed),
+            "--transform", "Rigid[0.2]", "--metric", _mi(paths, None),
+            "--convergence", f"[{_START_ITERATIONS},1e-6,10]",
+            "--shrink-factors", "1", "--smoothing-sigmas", "0vox",
+            "--masks", str(paths["mask"]),
+        ])
+        fitted = Path(f"{prefix}0GenericAffine.mat")
+        warped = ants.apply_transforms(fixed, moving_low, [str(fitted)])
         cost = float(ants.image_similarity(fixed, warped, "MattesMutualInformation",
                                            fixed_mask=mask))
         if best is None or cost < best[0]:
@@ -173,6 +188,29 @@ def _initialise(fixed, mask, moving, settings: RegistrationSettings, out_dir: Pa
     chosen.write_bytes(best[1].read_bytes())
     shutil.rmtree(scratch)
     return chosen, best[2], best[0]
+
+
+def _ants_registration(args: list[str]) -> None:
+    """Run ``antsRegistration`` in-process with command-line ``args``."""
+    ants = import_ants()
+    ants.registration(fixed=args, moving=None)
+
+
+def _mi(paths: dict[str, Path], sampling: float | None) -> str:
+    """Mattes mutual information between the fixed and moving files (dense or sampled)."""
+    metric = f"MI[{paths['fixed']},{paths['moving']},1,{_MI_BINS}"
+    if sampling is not None:
+        metric += f",Regular,{sampling}"
+    return metric + "]"
+
+
+def _write_images(folder: Path, images: dict) -> dict[str, Path]:
+    ants = import_ants()
+    paths = {}
+    for key, img in images.items():
+        paths[key] = folder / f"reg_{key}.nii"
+        ants.image_write(img, str(paths[key]))
+    return paths
 
 
 def _cranium_centre_lps(image, from_mask=None) -> np.ndarray:
@@ -209,17 +247,3 @@ def _region_mask(fixed, brain_mask, crop: CropSettings):
     region = (inside & (brain_mask.numpy() > 0)).astype(np.float32)
     return ants.from_numpy(region, origin=fixed.origin, spacing=fixed.spacing,
                            direction=fixed.direction)
-
-
-def _levels(first: int, shrink: int, decay: int = 2) -> str:
-    # iterations per level, fewer at finer (costlier) levels
-    counts = [max(10, first // decay**i) for i in range(2 if shrink > 1 else 1)]
-    return "x".join(str(c) for c in counts)
-
-
-def _factors(shrink: int) -> str:
-    return f"{shrink}x1" if shrink > 1 else "1"
-
-
-def _sigmas(shrink: int) -> str:
-    return "1x0vox" if shrink > 1 else "0vox"

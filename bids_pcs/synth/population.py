@@ -1,13 +1,13 @@
 """Who the synthetic participants are: demographics and PCS classes.
 
 Class prevalence per hemisphere (absent / present / prominent, with the
-Yuecel et al. 2001 length protocol) is set to round numbers inside the range
-reported for healthy adults: left ~27 / 41 / 32 %, right ~45 / 35 / 20 %.
-Sources: Paus et al. 1996 (Cereb Cortex 6:207, n=247) and Yuecel et al. 2001
-(Cereb Cortex 11:17, n=176) found a PCS (present or prominent) in roughly
-70-75 % of left and 50-60 % of right hemispheres, prominent folds about twice
-as often on the left; Garrison et al. 2015 (Nat Commun 6:8956) report the
-same leftward asymmetry. These are defaults; pass your own to
+Yuecel et al. 2001 length protocol) is set to round numbers in the range
+reported for healthy adults: left 27 / 41 / 32 %, right 45 / 35 / 20 %.
+Paus et al. 1996 (Cereb Cortex 6:207) and Yuecel et al. 2001 (Cereb Cortex
+11:17) found the PCS more often, and more often prominent, in the left
+hemisphere (absent in roughly a quarter to a third of left and about half of
+right hemispheres); Garrison et al. 2015 (Nat Commun 6:8956) report the same
+leftward asymmetry. These are defaults; pass your own to
 :class:`~bids_pcs.synth.cohort.SynthOptions`.
 
 Class and group are drawn independently: the cohort carries no built-in
