@@ -131,10 +131,11 @@ class PretrainSettings:
 
     method: str = "reconstruction"
     epochs: int = 20
-    batch_size: int = 2
+    batch_size: int = 2  # crops per process and forward pass
     accumulate_steps: int = 1
     learning_rate: float = 2e-4
     weight_decay: float = 1e-5
+    mixed_precision: bool = True  # bf16 autocast on CUDA; ignored on CPU
     # per-method hyper-parameters, e.g. {"reconstruction": {"mask_ratio": 0.4}}
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
 

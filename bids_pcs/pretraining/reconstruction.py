@@ -13,7 +13,7 @@ from monai.losses import SSIMLoss
 from torch import nn
 
 from bids_pcs.pretraining.base import PretextHead, check_unit_interval, random_block_mask, register
-from bids_pcs.training.objective import Batch, Objective
+from bids_pcs.training.objective import Batch, Objective, float32
 
 
 @register
@@ -56,6 +56,7 @@ class Reconstruction(Objective):
         masked = image.masked_fill(hidden, 0.0)
         restored = self.head(network(masked, heads=False)["features"]).float()
         l1 = nn.functional.l1_loss(restored, image)
-        ssim = self.ssim(restored, image)
+        with float32(image.device):
+            ssim = self.ssim(restored, image.float())
         loss = l1 + float(self.options["ssim_weight"]) * ssim
         return {"loss": loss, "l1": l1.detach(), "ssim": ssim.detach()}

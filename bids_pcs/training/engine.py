@@ -42,7 +42,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from bids_pcs.errors import ModelFileError
+from bids_pcs.errors import BidsPcsError, ModelFileError
 from bids_pcs.io.atomic import write_text
 from bids_pcs.models.tensor_file import write_tensors
 from bids_pcs.training.checkpoint import (
@@ -57,8 +57,15 @@ from bids_pcs.training.objective import Objective, count_parameters
 
 TrainableRule = Callable[[nn.Module], Iterable[str]]
 Evaluate = Callable[[nn.Module], dict[str, float]]
+_STOP_CHECK_EVERY = 10  # optimiser steps between stop checks under DDP
 _STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1")
                       if hasattr(signal, name))
+
+
+class TrainingInterruptedError(BidsPcsError):
+    """Training stopped on SIGTERM/SIGUSR1 after saving a checkpoint (rerun with --resume)."""
+
+    exit_code = 143  # 128 + SIGTERM, what schedulers expect of a pre-empted job
 
 
 @dataclass(frozen=True)
@@ -329,7 +336,8 @@ class Engine:
                     epoch_crops += n
                     crops_seen += n
                     self._update_progress(bar, sums, count, epoch_crops, epoch_started)
-                    if boundary and any_true(stop.requested, self.context, self.device):
+                    if boundary and self._should_stop(stop, global_step, b_index,
+                                                      len(batches)):
                         partial = {"sums": {k: float(v) for k, v in sums.items()},
                                    "count": count}
                         self._save(epoch, b_index + 1, global_step, result, partial)
@@ -355,12 +363,9 @@ class Engine:
             with sync:
                 with self._autocast():
                     losses = self._model(batch, phase)
-                loss = losses["loss"]
-                if not torch.isfinite(loss.detach()).all():
-                    raise FloatingPointError(
-                        f"{self.objective.name} loss became {loss.item()} in phase {phase!r}; "
-                        "lower the learning rate.")
-                (loss / self.config.accumulate_steps).backward()
+                # finiteness is checked where losses are read anyway (progress bar,
+                # epoch end): a check here would synchronise with the GPU every step
+                (losses["loss"] / self.config.accumulate_steps).backward()
             if boundary:
                 optimizer = self.optimizers[phase]
                 if self.config.max_grad_norm:
@@ -374,6 +379,17 @@ class Engine:
                 name = key if (key == "loss" and phase == self.phases[0]) else f"{prefix}{key}"
                 logged[name] = value.detach().float()
         return logged
+
+    def _should_stop(self, stop: _StopRequests, global_step: int, b_index: int,
+                     n_batches: int) -> bool:
+        if not self.context.enabled:
+            return stop.requested
+        # agreeing on a stop is a collective: every few steps (at the same steps on
+        # every process), not at each one
+        if (global_step // self.config.accumulate_steps) % _STOP_CHECK_EVERY and \
+                b_index + 1 < n_batches:
+            return False
+        return any_true(stop.requested, self.context, self.device)
 
     def _zero_grad(self) -> None:
         for optimizer in self.optimizers.values():
@@ -419,13 +435,21 @@ class Engine:
         # reading the loss synchronises with the GPU: only a few times per second
         if not bar.disable and (count % 5 == 1 or bar.n == bar.total):
             elapsed = max(time.perf_counter() - epoch_started, 1e-9)
-            bar.set_postfix(loss=f"{float(sums['loss']) / count:.4f}",
-                            crops_s=f"{epoch_crops / elapsed:.2f}")
+            loss = self._checked(float(sums["loss"]) / count)
+            bar.set_postfix(loss=f"{loss:.4f}", crops_s=f"{epoch_crops / elapsed:.2f}")
+
+    def _checked(self, loss: float) -> float:
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"The {self.objective.name} loss became {loss}; lower the learning rate or "
+                "check the crops' intensities.")
+        return loss
 
     def _epoch_row(self, epoch: int, sums: dict[str, torch.Tensor], count: int,
                    epoch_crops: int, epoch_started: float) -> dict[str, float]:
         means = {k: float(v) / max(count, 1) for k, v in sums.items()}
         means = mean_over_processes(means, self.context, self.device)
+        self._checked(means.get("loss", 0.0))
         seconds = time.perf_counter() - epoch_started
         return {"epoch": epoch + 1, **means, "seconds": seconds,
                 "crops_per_second": epoch_crops / max(seconds, 1e-9),

@@ -23,6 +23,7 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
@@ -104,6 +105,11 @@ class Objective(nn.Module):
     def summary(self) -> dict[str, Any]:
         """What model.json records about this objective."""
         return {"name": self.name, "phases": list(self.phases), "options": dict(self.options)}
+
+
+def float32(device: torch.device) -> contextlib.AbstractContextManager:
+    """Turn autocast off inside a loss whose own convolutions need full precision (SSIM)."""
+    return torch.autocast(device_type=device.type, enabled=False)
 
 
 def count_parameters(params: Iterable[nn.Parameter]) -> int:

@@ -1,0 +1,45 @@
+"""Loading a T1w image into the form every later step expects."""
+
+from __future__ import annotations
+
+import os
+
+import nibabel as nib
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+)
+
+from bids_pcs.io.nifti import load_t1w
+
+
+class _LoadT1wInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="T1w NIfTI image")
+
+
+class _LoadT1wOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="the T1w image, float32, reoriented to closest RAS")
+
+
+class LoadT1w(SimpleInterface):
+    """Check a T1w image and reorient it to the closest RAS axes (no resampling).
+
+    Reorientation only permutes and flips array axes, so every voxel keeps its
+    value and its position in scanner space: transforms estimated on the
+    result apply unchanged to the original file.
+    """
+
+    input_spec = _LoadT1wInputSpec
+    output_spec = _LoadT1wOutputSpec
+
+    def _run_interface(self, runtime):
+        img = nib.as_closest_canonical(load_t1w(self.inputs.in_file))
+        out = nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), img.affine)
+        out.header.set_xyzt_units("mm", "sec")
+        out_file = os.path.join(runtime.cwd, "t1w_ras.nii.gz")
+        nib.save(out, out_file)
+        self._results["out_file"] = out_file
+        return runtime

@@ -1,0 +1,47 @@
+"""The ``participant`` level: preprocess each selected T1w image (+ inference with --model).
+
+Without ``--model`` this is exactly the preprocessing of DESIGN.md: per T1w
+image, forward and inverse transforms to MNI152NLin2009aSym, the two medial
+frontal crops and a registration QC record, written into OUTPUT_DIR.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from bids_pcs.config import Settings
+from bids_pcs.errors import LevelNotAvailableError
+from bids_pcs.io.bids_input import collect_t1w
+from bids_pcs.preprocess import PreprocessedImage, preprocess_images
+
+LOGGER = logging.getLogger("bids_pcs.participant")
+
+
+def run(settings: Settings) -> None:
+    """Run the participant level; OUTPUT_DIR is initialised and logging set up by the CLI."""
+    if settings.run.model:
+        # fail before preprocessing, not after it
+        raise _inference_not_available()
+    images = collect_t1w(Path(settings.run.bids_dir), settings.run.participant_label,
+                         settings.run.session_label)
+    LOGGER.info("participant level: %d T1w image(s)", len(images))
+    preprocessed = preprocess_images(settings, images)
+    failed = [item.image.prefix for item in preprocessed if not item.qc_passed]
+    LOGGER.info("Preprocessed %d image(s); %d failed registration QC%s", len(preprocessed),
+                len(failed), f" ({', '.join(failed)})" if failed else "")
+    if settings.run.model:
+        infer(settings, preprocessed)
+
+
+def infer(settings: Settings, preprocessed: Sequence[PreprocessedImage]) -> None:
+    """PCS masks, probabilities, classes and reports for images that passed QC (``--model``)."""
+    raise _inference_not_available()
+
+
+def _inference_not_available() -> LevelNotAvailableError:
+    return LevelNotAvailableError(
+        "participant --model (inference) is not available in this version yet; "
+        "run participant without --model to preprocess only."
+    )

@@ -1,0 +1,327 @@
+"""Preprocessing as a service for every level: crops and transforms per T1w image.
+
+:func:`preprocess_images` makes sure each image has its derivatives in
+OUTPUT_DIR (registration to MNI152NLin2009aSym, two medial frontal crops, QC),
+running the Nipype workflow only for images that lack them or whose outputs
+were made with other settings, and returns one :class:`PreprocessedImage` per
+image.  Levels then use :func:`load_crop` for the network's input and
+:func:`crop_to_native` to bring predictions back to the T1w grid.
+
+A failed registration QC is never hidden: the image is returned with
+``qc_passed == False`` (and logged), and callers must skip it.
+
+Usage::
+
+    done = preprocess_images(settings, collect_t1w(bids_dir))
+    for item in (d for d in done if d.qc_passed):
+        x = load_crop(item.crops["L"])
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from bids_pcs.config import HEMISPHERES, Settings
+from bids_pcs.errors import BidsPcsError
+from bids_pcs.io.bids_input import T1wImage
+from bids_pcs.io.derivatives import crop_path, derivative_path, xfm_path
+from bids_pcs.io.nifti import load_t1w
+from bids_pcs.spatial.template import TEMPLATE_NAME
+
+LOGGER = logging.getLogger("bids_pcs.preprocess")
+TRANSFORM_EXTENSION = ".h5"  # ANTs composite: affine, or affine + warp when deformable
+
+
+class PreprocessingError(BidsPcsError):
+    """The preprocessing workflow crashed for some images."""
+
+
+@dataclass(frozen=True)
+class PreprocessedImage:
+    """The preprocessing derivatives of one T1w image.
+
+    Args:
+        image: the raw T1w image.
+        crops: hemisphere (``"L"``, ``"R"``) -> crop NIfTI path.
+        forward_transform: T1w -> template transform (ANTs composite ``.h5``).
+        inverse_transform: template -> T1w transform.
+        qc_file: the QC record (JSON).
+        qc: its content (``Correlation`` per hemisphere, ``Threshold``, ``Passed``...).
+    """
+
+    image: T1wImage
+    crops: dict[str, Path]
+    forward_transform: Path
+    inverse_transform: Path
+    qc_file: Path
+    qc: dict[str, Any]
+
+    @property
+    def qc_passed(self) -> bool:
+        """True when registration QC passed; images that fail must not be used."""
+        return bool(self.qc.get("Passed", False))
+
+
+@dataclass(frozen=True)
+class _Destinations:
+    crops: dict[str, Path]
+    forward_transform: Path
+    inverse_transform: Path
+    qc_file: Path
+
+    def all(self) -> list[Path]:
+        return [*self.crops.values(), self.forward_transform, self.inverse_transform,
+                self.qc_file]
+
+
+def output_paths(output_dir: Path, image: T1wImage) -> _Destinations:
+    """Where the preprocessing derivatives of ``image`` live under ``output_dir``."""
+    return _Destinations(
+        crops={h: crop_path(output_dir, image, h) for h in HEMISPHERES},
+        forward_transform=xfm_path(output_dir, image, extension=TRANSFORM_EXTENSION),
+        inverse_transform=xfm_path(output_dir, image, inverse=True,
+                                   extension=TRANSFORM_EXTENSION),
+        qc_file=derivative_path(output_dir, image, space=TEMPLATE_NAME, desc="registration",
+                                suffix="qc", extension=".json"),
+    )
+
+
+def preprocessing_settings(settings: Settings) -> dict[str, Any]:
+    """The settings preprocessing outputs depend on (recorded in, and checked against, QC)."""
+    full = settings.to_dict()
+    return {key: full[key] for key in ("template", "crop", "registration", "intensity")}
+
+
+def load_preprocessed(settings: Settings, image: T1wImage,
+                      output_dir: Path | None = None) -> PreprocessedImage | None:
+    """The existing derivatives of ``image``, or None if any is missing or was made otherwise."""
+    output_dir = Path(output_dir or settings.run.output_dir)
+    where = output_paths(output_dir, image)
+    if not all(p.is_file() for p in where.all()):
+        return None
+    try:
+        qc = json.loads(where.qc_file.read_text())
+    except (OSError, ValueError):
+        return None
+    if qc.get("Settings") != preprocessing_settings(settings):
+        return None
+    return PreprocessedImage(image=image, crops=dict(where.crops),
+                             forward_transform=where.forward_transform,
+                             inverse_transform=where.inverse_transform,
+                             qc_file=where.qc_file, qc=qc)
+
+
+def preprocess_images(
+    settings: Settings,
+    images: Sequence[T1wImage],
+    *,
+    output_dir: Path | None = None,
+    work_dir: Path | None = None,
+) -> list[PreprocessedImage]:
+    """Preprocess every image lacking up-to-date derivatives; return all of them, in order.
+
+    Args:
+        settings: run settings (``run.nprocs``, ``run.omp_nthreads`` and the
+            template, crop, registration and intensity sections).
+        images: the T1w images (see :func:`bids_pcs.io.bids_input.collect_t1w`).
+        output_dir: the derivative dataset (default ``settings.run.output_dir``),
+            which must already exist (``init_derivatives``).
+        work_dir: Nipype's working directory (default ``settings.run.work_dir``);
+            reusing it makes a rerun recompute nothing already done.
+
+    Raises:
+        PreprocessingError: when the workflow crashed for some images (their
+            crash files are named); the other images' outputs are kept.
+    """
+    from bids_pcs.spatial.antsio import set_itk_threads
+
+    set_itk_threads(settings.run.omp_nthreads)
+    output_dir = Path(output_dir or settings.run.output_dir).absolute()
+    done: dict[T1wImage, PreprocessedImage] = {}
+    todo: list[T1wImage] = []
+    for image in images:
+        existing = load_preprocessed(settings, image, output_dir)
+        if existing is None:
+            load_t1w(image.path, check_data=False)  # one clear error before any work
+            todo.append(image)
+        else:
+            LOGGER.info("%s: preprocessing outputs exist, skipped", image.prefix)
+            done[image] = existing
+    if todo:
+        work = _work_dir(settings, work_dir)
+        LOGGER.info("Preprocessing %d image(s) (work dir %s)", len(todo), work)
+        workflow = init_preproc_meta_wf(settings, todo, output_dir, work)
+        error = _run(workflow, settings)
+        failed = []
+        for image in todo:
+            result = load_preprocessed(settings, image, output_dir)
+            if result is None:
+                failed.append(image.prefix)
+            else:
+                done[image] = result
+        if failed:
+            raise PreprocessingError(
+                f"Preprocessing failed for {', '.join(failed)}; see the crash files in "
+                f"{work / 'crash'} and rerun (finished images are kept)."
+            ) from error
+    results = [done[image] for image in images]
+    for item in results:
+        if not item.qc_passed:
+            LOGGER.warning(
+                "%s: registration QC FAILED (correlation %s < %s); its crops are marked "
+                "failed in %s and are not used.", item.image.prefix,
+                item.qc.get("MinCorrelation"), item.qc.get("Threshold"), item.qc_file.name)
+    return results
+
+
+def init_preproc_meta_wf(settings: Settings, images: Sequence[T1wImage], output_dir: Path,
+                         work_dir: Path):
+    """One workflow holding a preprocessing workflow and a derivatives sink per image."""
+    from nipype.pipeline import engine as pe
+
+    from bids_pcs.interfaces.derivatives import PreprocDerivativesSink
+    from bids_pcs.workflows.preprocess import init_pcs_preproc_wf
+
+    workflow = pe.Workflow(name="bids_pcs_preproc_wf", base_dir=str(work_dir))
+    workflow.config["execution"].update({
+        "crashdump_dir": str(work_dir / "crash"),
+        "crashfile_format": "txt",
+        "stop_on_first_crash": False,
+        "remove_unnecessary_outputs": False,
+    })
+    metadata = _metadata(settings)
+    for image in images:
+        name = _workflow_name(image)
+        preproc = init_pcs_preproc_wf(settings=settings,
+                                      omp_nthreads=settings.run.omp_nthreads, name=name)
+        preproc.inputs.inputnode.t1w = str(image.path)
+        where = output_paths(output_dir, image)
+        sink = pe.Node(
+            PreprocDerivativesSink(
+                out_crops=[str(where.crops[h]) for h in HEMISPHERES],
+                out_forward_transform=str(where.forward_transform),
+                out_inverse_transform=str(where.inverse_transform),
+                out_qc=str(where.qc_file), source_uri=image.bids_uri,
+                dataset_root=str(output_dir), **metadata,
+            ),
+            name=f"ds_{name}", run_without_submitting=True, mem_gb=0.1,
+        )
+        workflow.connect([
+            (preproc, sink, [("outputnode.crops", "in_crops"),
+                             ("outputnode.forward_transform", "forward_transform"),
+                             ("outputnode.inverse_transform", "inverse_transform"),
+                             ("outputnode.qc_file", "qc_file")]),
+        ])
+    return workflow
+
+
+def load_crop(path: str | Path) -> np.ndarray:
+    """A stored crop as the network sees it: float32 array of shape ``settings.crop.shape_vox``.
+
+    The right crop is already mirrored on disk (when ``crop.mirror_right``),
+    so no flip is needed here.
+    """
+    return np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+
+
+def crop_to_native(array: np.ndarray, hemisphere: str, preprocessed: PreprocessedImage,
+                   kind: str = "label") -> nib.Nifti1Image:
+    """Map a crop-space ``array`` of ``hemisphere`` back onto the image's native T1w grid.
+
+    Args:
+        array: a map laid out exactly like the stored crop of ``hemisphere``
+            (for the right hemisphere: mirrored, as the network saw it).
+        hemisphere: ``"L"`` or ``"R"``.
+        preprocessed: the image's preprocessing outputs.
+        kind: ``"label"`` (nearest neighbour, uint8) or ``"probability"``
+            (linear, float32 clipped to [0, 1]).
+    """
+    from bids_pcs.spatial.crops import resample_to_native
+
+    if kind not in ("label", "probability"):
+        raise ValueError(f"kind must be 'label' or 'probability', not {kind!r}")
+    crop_file = nib.load(str(preprocessed.crops[hemisphere]))
+    if tuple(array.shape) != tuple(crop_file.shape):
+        raise ValueError(f"array shape {tuple(array.shape)} differs from the crop's "
+                         f"{tuple(crop_file.shape)}")
+    crop_img = nib.Nifti1Image(np.asarray(array, dtype=np.float32), crop_file.affine)
+    native = nib.load(str(preprocessed.image.path))
+    reference = nib.Nifti1Image(np.zeros(native.shape[:3], dtype=np.uint8), native.affine)
+    return resample_to_native(crop_img, reference, [preprocessed.inverse_transform], kind=kind)
+
+
+def _metadata(settings: Settings) -> dict[str, Any]:
+    from importlib.metadata import version
+
+    crop, reg, intensity = settings.crop, settings.registration, settings.intensity
+    return {
+        "crop_metadata": {
+            "Template": TEMPLATE_NAME,
+            "SizeMm": list(crop.size_mm),
+            "VoxelSizeMm": crop.voxel_mm,
+            "LeftBoxMinMm": list(crop.left_min_mm),
+            "MirrorRight": crop.mirror_right,
+            "IntensityNormalisation": {
+                "Method": intensity.method,
+                "LowerPercentile": intensity.lower_percentile,
+                "UpperPercentile": intensity.upper_percentile,
+            },
+        },
+        "transform_metadata": {
+            "Software": f"antspyx {version('antspyx')} (antsRegistration)",
+            "TransformType": "affine+SyN" if reg.deformable else "affine",
+            "Registration": {
+                "N4": reg.n4, "CoarseMm": reg.coarse_mm, "FineMm": reg.fine_mm,
+                "RefineOnRegion": reg.refine_on_region, "Deformable": reg.deformable,
+                "RandomSeed": reg.random_seed,
+            },
+        },
+        "preprocessing_settings": preprocessing_settings(settings),
+    }
+
+
+def _workflow_name(image: T1wImage) -> str:
+    # Nipype names must be identifiers; BIDS prefixes are unique per image
+    return re.sub(r"[^A-Za-z0-9]", "_", image.prefix) + "_wf"
+
+
+def _work_dir(settings: Settings, work_dir: Path | None) -> Path:
+    chosen = work_dir or settings.run.work_dir
+    if chosen:
+        path = Path(chosen).absolute()
+    else:
+        path = Path(tempfile.mkdtemp(prefix="bids_pcs_work_"))
+        LOGGER.warning("No work directory given; using %s (a rerun will start over)", path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _run(workflow, settings: Settings) -> Exception | None:
+    """Run ``workflow``; return the exception of a partial failure (outputs tell which)."""
+    nipype_level = logging.INFO if settings.run.verbose >= 2 else logging.WARNING
+    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
+        logging.getLogger(name).setLevel(nipype_level)
+    if settings.run.nprocs > 1:
+        plugin, args = "MultiProc", {
+            "n_procs": settings.run.nprocs, "raise_insufficient": False,
+            # fresh worker processes: ITK thread pools do not survive a fork
+            "mp_context": "forkserver",
+        }
+    else:
+        plugin, args = "Linear", {}
+    try:
+        workflow.run(plugin=plugin, plugin_args=args)
+    except RuntimeError as exc:  # Nipype's "Workflow did not execute cleanly"
+        LOGGER.error("Preprocessing workflow reported errors: %s", exc)
+        return exc
+    return None
