@@ -27,6 +27,7 @@ Usage::
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import resource
 import signal
@@ -57,6 +58,11 @@ from bids_pcs.training.objective import Objective, count_parameters
 
 TrainableRule = Callable[[nn.Module], Iterable[str]]
 Evaluate = Callable[[nn.Module], dict[str, float]]
+# torch >= 2.13 renamed broadcast_buffers; both keep the initial broadcast
+_NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
+                   if "forward_sync_buffers" in inspect.signature(
+                       DistributedDataParallel.__init__).parameters
+                   else {"broadcast_buffers": False})
 _STOP_CHECK_EVERY = 10  # optimiser steps between stop checks under DDP
 _STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1")
                       if hasattr(signal, name))
@@ -203,6 +209,9 @@ class Engine:
         self.device = device or torch.device("cpu")
         self.context = context or DistContext()
         self._apply_trainable(trainable or objective.trainable_names)
+        if self.device.type == "cuda":
+            # crops have one fixed shape: let cuDNN pick the fastest kernels once
+            torch.backends.cudnn.benchmark = True
         self.network.to(self.device)
         self.objective.to(self.device)
         self.phases = tuple(objective.phases)
@@ -216,8 +225,9 @@ class Engine:
                 # several phases (or a partial forward) leave some parameters unused per pass
                 find_unused_parameters=len(self.phases) > 1
                 or bool(getattr(objective, "find_unused_parameters", False)),
-                # no running statistics anywhere (instance/layer norm), nothing to broadcast
-                broadcast_buffers=False,
+                # buffers are constants or per-process statistics (the contrastive
+                # projection's batch norm): synchronised at start, not at every forward
+                **_NO_BUFFER_SYNC,
             )
 
     # ------------------------------------------------------------------ set-up
@@ -451,7 +461,8 @@ class Engine:
         means = mean_over_processes(means, self.context, self.device)
         self._checked(means.get("loss", 0.0))
         seconds = time.perf_counter() - epoch_started
-        return {"epoch": epoch + 1, **means, "seconds": seconds,
+        losses = {"loss": means.pop("loss", float("nan")), **dict(sorted(means.items()))}
+        return {"epoch": epoch + 1, **losses, "seconds": seconds,
                 "crops_per_second": epoch_crops / max(seconds, 1e-9),
                 "peak_memory_mb": self.peak_memory_mb(),
                 "learning_rate": self.optimizers[self.phases[0]].param_groups[0]["lr"]}
