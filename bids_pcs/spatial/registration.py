@@ -50,15 +50,15 @@ _START_ROTATIONS_DEG = (
 _START_ITERATIONS = 40
 # the start search runs on 8 mm copies: a few thousand voxels, a fraction of a second each
 _INIT_MM = 8.0
-# affine iterations at coarse_mm, fine_mm; the fine level samples few points
-# because the whole brain at 2 mm is large and the coarse level did the work
-_AFFINE_ITERATIONS = (100, 30)
-_AFFINE_SAMPLING = 0.15
-# local refinement at fine_mm on the crop boxes (+ margin) only
+# affine stages: whole brain at coarse_mm, then the crop boxes (or the whole
+# brain, sparsely sampled) at fine_mm
+_COARSE_ITERATIONS = 100
+_COARSE_SAMPLING = 0.25
+_FINE_ITERATIONS = 30
+_FINE_SAMPLING = 0.1
 _REGION_MARGIN_MM = 10.0
-_REGION_ITERATIONS = 40
 _REGION_SAMPLING = 0.25
-_SYN_ITERATIONS = (60, 30)
+_SYN_ITERATIONS = "60x30"
 _MI_BINS = 32
 
 
@@ -101,38 +101,43 @@ def register_to_template(
         "region": _region_mask(fixed, brain, crop),
     })
     shrink = max(1, int(round(settings.coarse_mm / settings.fine_mm)))
-    factors = f"{shrink}x1" if shrink > 1 else "1"
-    sigmas = "1x0vox" if shrink > 1 else "0vox"
-    iterations = f"{_AFFINE_ITERATIONS[0]}x{_AFFINE_ITERATIONS[1]}" if shrink > 1 else str(
-        _AFFINE_ITERATIONS[1])
     args = [
         "--dimensionality", "3", "--float", "1",
         "--output", str(out_dir / "reg_"),
         "--initial-moving-transform", str(initial),
         "--collapse-output-transforms", "1", "--write-composite-transform", "1",
         "--random-seed", str(settings.random_seed),
+        # whole brain at coarse_mm; heavy smoothing widens the capture range
         "--transform", "Affine[0.1]",
-        "--metric", _mi(paths, _AFFINE_SAMPLING),
-        "--convergence", f"[{iterations},1e-6,10]",
-        "--shrink-factors", factors, "--smoothing-sigmas", sigmas,
+        "--metric", _mi(paths, _COARSE_SAMPLING),
+        "--convergence", f"[{_COARSE_ITERATIONS},1e-6,10]",
+        "--shrink-factors", str(shrink), "--smoothing-sigmas", f"{shrink}vox",  # sigma = coarse_mm
         "--masks", str(paths["mask"]),
     ]
     if settings.refine_on_region:
+        # the crops only need to be right where they are: refine on the boxes
         args += [
-            "--transform", "Affine[0.05]",
+            "--transform", "Affine[0.1]",
             "--metric", _mi(paths, _REGION_SAMPLING),
-            "--convergence", f"[{_REGION_ITERATIONS},1e-6,10]",
-            "--shrink-factors", "1", "--smoothing-sigmas", "0vox",
+            "--convergence", f"[{_FINE_ITERATIONS},1e-6,10]",
+            "--shrink-factors", "1", "--smoothing-sigmas", "1vox",
             "--masks", str(paths["region"]),
         ]
+    else:
+        args += [
+            "--transform", "Affine[0.1]",
+            "--metric", _mi(paths, _FINE_SAMPLING),
+            "--convergence", f"[{_FINE_ITERATIONS},1e-6,10]",
+            "--shrink-factors", "1", "--smoothing-sigmas", "1vox",
+            "--masks", str(paths["mask"]),
+        ]
     if settings.deformable:
-        syn_iterations = f"{_SYN_ITERATIONS[0]}x{_SYN_ITERATIONS[1]}" if shrink > 1 else str(
-            _SYN_ITERATIONS[1])
         args += [
             "--transform", "SyN[0.15,3,0]",
             "--metric", _mi(paths, None),
-            "--convergence", f"[{syn_iterations},1e-6,10]",
-            "--shrink-factors", factors, "--smoothing-sigmas", sigmas,
+            "--convergence", f"[{_SYN_ITERATIONS},1e-6,10]",
+            "--shrink-factors", f"{shrink}x1" if shrink > 1 else "1",
+            "--smoothing-sigmas", "1x0vox" if shrink > 1 else "0vox",
             "--masks", str(paths["mask"]),
         ]
     _ants_registration(args)
