@@ -198,6 +198,9 @@ def init_preproc_meta_wf(settings: Settings, images: Sequence[T1wImage], output_
         "crashfile_format": "txt",
         "stop_on_first_crash": False,
         "remove_unnecessary_outputs": False,
+        # the scheduler's default 2 s pause between polls adds ~15 s per image to a
+        # chain of seven short nodes
+        "poll_sleep_duration": 0.1,
     })
     metadata = _metadata(settings)
     for image in images:

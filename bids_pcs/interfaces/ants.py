@@ -50,8 +50,8 @@ class N4BiasFieldCorrection(SimpleInterface):
         from bids_pcs.spatial.intensity import n4_correct
 
         corrected, field = n4_correct(nib.load(self.inputs.in_file))
-        self._results["out_file"] = os.path.join(runtime.cwd, "t1w_n4.nii.gz")
-        self._results["bias_field"] = os.path.join(runtime.cwd, "bias_field.nii.gz")
+        self._results["out_file"] = os.path.join(runtime.cwd, "t1w_n4.nii")
+        self._results["bias_field"] = os.path.join(runtime.cwd, "bias_field.nii")
         nib.save(corrected, self._results["out_file"])
         nib.save(field, self._results["bias_field"])
         return runtime

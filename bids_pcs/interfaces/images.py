@@ -39,7 +39,8 @@ class LoadT1w(SimpleInterface):
         img = nib.as_closest_canonical(load_t1w(self.inputs.in_file))
         out = nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), img.affine)
         out.header.set_xyzt_units("mm", "sec")
-        out_file = os.path.join(runtime.cwd, "t1w_ras.nii.gz")
+        # uncompressed: gzip of a 1 mm head costs seconds, and this file is read right away
+        out_file = os.path.join(runtime.cwd, "t1w_ras.nii")
         nib.save(out, out_file)
         self._results["out_file"] = out_file
         return runtime

@@ -1,13 +1,161 @@
-"""The finetune analysis level."""
+"""The ``finetune`` analysis level: supervised training on labelled crops.
+
+``bids_pcs BIDS_DIR OUTPUT_DIR finetune --init MODEL_DIR|scratch --strategy S
+--labels LABELS_DIR``:
+
+1. checks the initial model (crop geometry, template, classes, architecture)
+   before any work;
+2. reads the label dataset for the selected T1w images; images *without* a
+   PCS dseg are skipped with a warning (there is nothing to supervise them
+   with; the run fails only when no image is labelled);
+3. preprocesses the labelled images whose crops are missing (the participant
+   level's API); images that fail registration QC are skipped and logged;
+4. builds both crops of every image with their targets on the crop grid
+   (:mod:`bids_pcs.finetuning.data`), splits *participants* into training and
+   validation parts (``[finetune] validation_fraction``, seeded by ``--seed``);
+5. fine-tunes (:func:`bids_pcs.finetuning.finetune`), scoring the validation
+   part after every epoch and keeping the best epoch;
+6. writes ``OUTPUT_DIR/models/<name>/`` (default ``finetune-<method>-<strategy>``):
+   ``model.safetensors``, ``model.json``, ``training_log.tsv``,
+   ``loss_curve.png`` and ``validation_curve.png``.
+
+Checkpoints go to ``WORK_DIR/finetune/<name>/`` so that ``--resume`` continues
+an interrupted run (SIGTERM saves one at the next step and exits 143).
+
+Usage::
+
+    run(settings.replace(run={"init": "scratch", "labels": "/data/derivatives/pcs-labels"},
+                         finetune={"strategy": "top"}))
+"""
 
 from __future__ import annotations
 
+import logging
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
 from bids_pcs.config import Settings
-from bids_pcs.errors import LevelNotAvailableError
+from bids_pcs.errors import InputDataError
+from bids_pcs.finetuning import (
+    check_init,
+    default_model_name,
+    finetune,
+    get_strategy,
+    load_labelled_crops,
+    split_by_participant,
+)
+from bids_pcs.io.bids_input import collect_t1w
+from bids_pcs.io.labels import LabelRecord, read_labels
+from bids_pcs.training.distributed import (
+    DistContext,
+    barrier,
+    init_distributed,
+    shutdown_distributed,
+)
+
+if TYPE_CHECKING:
+    from bids_pcs.preprocess import PreprocessedImage
+
+LOGGER = logging.getLogger(__name__)
 
 
 def run(settings: Settings) -> None:
-    """Not available yet in this version; exits with a clear message."""
-    raise LevelNotAvailableError(
-        "The finetune level is not available in this version of bids_pcs yet."
+    """Fine-tune with ``settings.finetune.strategy`` from ``settings.run.init``; write the model."""
+    context, device = init_distributed(settings.run.device)
+    try:
+        _finetune(settings, context, device)
+    finally:
+        shutdown_distributed(context)
+
+
+def model_dir_of(settings: Settings, init_method: str) -> Path:
+    """``OUTPUT_DIR/models/<name>`` of this run."""
+    return Path(settings.run.output_dir) / "models" / default_model_name(settings, init_method)
+
+
+def _finetune(settings: Settings, context: DistContext, device: torch.device) -> None:
+    run_settings = settings.run
+    if not run_settings.init:
+        raise InputDataError("finetune needs --init MODEL_DIR (a pre-trained model) or "
+                             "--init scratch.")
+    if not run_settings.labels:
+        raise InputDataError("finetune needs --labels LABELS_DIR (a PCS label dataset).")
+    get_strategy(settings.finetune.strategy, settings.finetune)  # refuse a bad name early
+    method = check_init(settings, run_settings.init)
+    model_dir = model_dir_of(settings, method)
+    checkpoint_dir = (Path(run_settings.work_dir) / "finetune" / model_dir.name
+                      if run_settings.work_dir else model_dir / ".checkpoint")
+
+    pairs, skipped = collect_labelled(settings, context)
+    labelled = load_labelled_crops(settings, pairs)
+    train, validation = split_by_participant(labelled, settings.finetune.validation_fraction,
+                                             seed=run_settings.seed)
+    LOGGER.info("Fine-tuning %s (init %s) on %d participants, validating on %d.",
+                settings.finetune.strategy, method, len(train.participants),
+                len(validation.participants) if validation is not None else 0)
+    result = finetune(
+        settings, train, validation, run_settings.init, model_dir=model_dir,
+        checkpoint_dir=checkpoint_dir, device=device, context=context,
+        data_summary={"dataset": Path(run_settings.bids_dir).name,
+                      "labels_dataset": Path(run_settings.labels).name,
+                      "right_mirrored": settings.crop.mirror_right,
+                      "split": {"unit": "participant",
+                                "validation_fraction": settings.finetune.validation_fraction,
+                                "seed": run_settings.seed},
+                      "skipped": skipped},
     )
+    if not context.is_main:
+        return
+    if checkpoint_dir.parent == model_dir:
+        # without a work directory the checkpoint only served this run
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    scores = ", ".join(f"{k.removeprefix('val_')} {v:.3f}" for k, v in result.metrics.items()
+                       if k in ("val_dice", "val_presence_accuracy", "val_accuracy_3class"))
+    LOGGER.info("Fine-tuned model written to %s (%s trainable parameters%s).", model_dir,
+                f"{result.strategy['trainable_parameters']:,}",
+                f"; validation at the kept epoch: {scores}" if scores else "")
+
+
+def collect_labelled(settings: Settings, context: DistContext,
+                     ) -> tuple[list[tuple[PreprocessedImage, LabelRecord]], dict[str, Any]]:
+    """(preprocessing outputs, labels) of every selected, labelled image that passed QC.
+
+    Returns:
+        The pairs, and what was skipped (``unlabelled`` and ``qc_failed`` prefixes).
+    """
+    from bids_pcs import preprocess  # Nipype and ANTs only when a level needs them
+
+    run_settings = settings.run
+    images = collect_t1w(Path(run_settings.bids_dir), run_settings.participant_label,
+                         run_settings.session_label)
+    if not images:
+        raise InputDataError(f"No T1w images selected in {run_settings.bids_dir}; check "
+                             "--participant-label and --session-label.")
+    # images without a dseg cannot be supervised: skipped (and logged) by read_labels
+    records = read_labels(run_settings.labels, images, settings.labels,
+                          bids_dir=run_settings.bids_dir, require_all=False)
+    labelled_images = [record.image for record in records]
+    unlabelled = sorted({im.prefix for im in images} - {im.prefix for im in labelled_images})
+    if context.is_main:
+        results = list(preprocess.preprocess_images(settings, labelled_images))
+    barrier(context)
+    if not context.is_main:
+        results = [preprocess.load_preprocessed(settings, image) for image in labelled_images]
+    pairs = []
+    qc_failed = []
+    for record, result in zip(records, results, strict=True):
+        if result is None or not result.qc_passed:
+            LOGGER.warning("Skipping %s: registration failed quality control.",
+                           record.image.prefix)
+            qc_failed.append(record.image.prefix)
+            continue
+        pairs.append((result, record))
+    if not pairs:
+        raise InputDataError(
+            f"No labelled T1w image passed registration quality control under "
+            f"{run_settings.output_dir}; check the participant level's QC records and reports."
+        )
+    return pairs, {"unlabelled": unlabelled, "qc_failed": qc_failed}

@@ -57,14 +57,18 @@ def crops_bounding_box_mm(crop: CropSettings) -> tuple[np.ndarray, np.ndarray]:
 
 
 def box_mask(reference: nib.Nifti1Image, crop: CropSettings, margin_mm: float = 0.0) -> np.ndarray:
-    """Boolean mask of ``reference`` voxels whose centres fall in either box (+ margin)."""
+    """Boolean mask of ``reference`` voxels whose centres fall in either box (+ margin).
+
+    Boxes are half-open, [min, max), so a 1 mm grid on integer millimetres counts
+    exactly ``size_mm`` voxels along each side.
+    """
     ijk = np.indices(reference.shape[:3]).reshape(3, -1).T
     xyz = nib.affines.apply_affine(reference.affine, ijk)
     inside = np.zeros(len(xyz), dtype=bool)
     for hemisphere in HEMISPHERES:
         low = np.asarray(crop.min_mm(hemisphere)) - margin_mm
         high = low + np.asarray(crop.size_mm) + 2 * margin_mm
-        inside |= np.all((xyz >= low) & (xyz <= high), axis=1)
+        inside |= np.all((xyz >= low) & (xyz < high), axis=1)
     return inside.reshape(reference.shape[:3])
 
 

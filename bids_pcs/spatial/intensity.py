@@ -17,7 +17,7 @@ from bids_pcs.config import IntensitySettings
 from bids_pcs.spatial.antsio import downsample, import_ants, to_ants, to_nibabel
 
 N4_SPACING_MM = 6.0
-N4_ITERATIONS = (30, 20, 20)
+N4_ITERATIONS = (20, 20, 10)
 N4_TOLERANCE = 1e-5
 # B-spline mesh at the first fitting level (doubled at each of the levels)
 N4_INITIAL_MESH = (2, 2, 2)

@@ -33,6 +33,7 @@ import numpy as np
 
 from bids_pcs.config import CropSettings, RegistrationSettings
 from bids_pcs.spatial.antsio import downsample, import_ants, to_ants, to_nibabel
+from bids_pcs.spatial.brainmask import rough_brain_mask
 from bids_pcs.spatial.crops import box_mask
 from bids_pcs.spatial.intensity import foreground_mask
 from bids_pcs.spatial.template import load_template, registration_mask
@@ -48,6 +49,10 @@ _START_ROTATIONS_DEG = (
     (0, 0, 20), (0, 0, -20),
 )
 _START_ITERATIONS = 40
+_START_SAMPLING = 0.5
+# round 2 of the search: the best round-1 poses refitted at coarse_mm
+_FINALISTS = 2
+_FINALIST_ITERATIONS = 50
 # the start search runs on 8 mm copies: a few thousand voxels, a fraction of a second each
 _INIT_MM = 8.0
 # affine stages: whole brain at coarse_mm, then the crop boxes (or the whole
@@ -58,7 +63,7 @@ _FINE_ITERATIONS = 30
 _FINE_SAMPLING = 0.1
 _REGION_MARGIN_MM = 10.0
 _REGION_SAMPLING = 0.25
-_SYN_ITERATIONS = "60x30"
+_SYN_ITERATIONS = "40x20"
 _MI_BINS = 32
 
 
@@ -92,14 +97,21 @@ def register_to_template(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    moving = to_ants(image)
-    initial, rotation, metric = _initialise(moving, settings, out_dir)
+    moving = downsample(to_ants(image), settings.fine_mm)
+    brain_only = _mask_brain(moving, settings.fine_mm)
+    initial, rotation, metric = _initialise(brain_only, settings, out_dir)
 
     fixed, brain = _template_at(settings.fine_mm)
-    paths = _write_images(out_dir, {
-        "fixed": fixed, "moving": downsample(moving, settings.fine_mm), "mask": brain,
-        "region": _region_mask(fixed, brain, crop),
-    })
+    boxes, region = _region_masks(fixed, brain, crop)
+    images = {"fixed": fixed, "moving": moving, "moving_brain": brain_only, "mask": brain,
+              "region": region}
+    if settings.deformable:
+        # SyN's displacement field lives on its fixed image: the boxes (+ margin) only,
+        # ten times fewer voxels than the whole template; affine-only elsewhere
+        ants = import_ants()
+        images["fixed_region"] = ants.crop_image(fixed, boxes)
+        images["region_cropped"] = ants.crop_image(region, boxes)
+    paths = _write_images(out_dir, images)
     shrink = max(1, int(round(settings.coarse_mm / settings.fine_mm)))
     args = [
         "--dimensionality", "3", "--float", "1",
@@ -109,7 +121,7 @@ def register_to_template(
         "--random-seed", str(settings.random_seed),
         # whole brain at coarse_mm; heavy smoothing widens the capture range
         "--transform", "Affine[0.1]",
-        "--metric", _mi(paths, _COARSE_SAMPLING),
+        "--metric", _mi(paths, _COARSE_SAMPLING, moving="moving_brain"),
         "--convergence", f"[{_COARSE_ITERATIONS},1e-6,10]",
         "--shrink-factors", str(shrink), "--smoothing-sigmas", f"{shrink}vox",  # sigma = coarse_mm
         "--masks", str(paths["mask"]),
@@ -126,7 +138,7 @@ def register_to_template(
     else:
         args += [
             "--transform", "Affine[0.1]",
-            "--metric", _mi(paths, _FINE_SAMPLING),
+            "--metric", _mi(paths, _FINE_SAMPLING, moving="moving_brain"),
             "--convergence", f"[{_FINE_ITERATIONS},1e-6,10]",
             "--shrink-factors", "1", "--smoothing-sigmas", "1vox",
             "--masks", str(paths["mask"]),
@@ -134,11 +146,11 @@ def register_to_template(
     if settings.deformable:
         args += [
             "--transform", "SyN[0.15,3,0]",
-            "--metric", _mi(paths, None),
+            "--metric", _mi(paths, None, fixed="fixed_region"),
             "--convergence", f"[{_SYN_ITERATIONS},1e-6,10]",
             "--shrink-factors", f"{shrink}x1" if shrink > 1 else "1",
             "--smoothing-sigmas", "1x0vox" if shrink > 1 else "0vox",
-            "--masks", str(paths["mask"]),
+            "--masks", str(paths["region_cropped"]),
         ]
     _ants_registration(args)
     for path in paths.values():
@@ -151,48 +163,82 @@ def register_to_template(
 
 
 def _initialise(moving, settings: RegistrationSettings, out_dir: Path):
-    """Best start: centre of the cranium matched, several rotations fitted rigidly."""
+    """Best start: cranium centres matched, then a two-round multi-start search.
+
+    Round 1 fits every start rotation rigidly on 8 mm copies (cheap, but at
+    8 mm the mutual information can rank a wrong pose first); round 2 refits
+    the ``_FINALISTS`` best with a similarity transform (rotation, translation,
+    one scale: heads differ in size) at ``coarse_mm``, where the ranking is
+    reliable, and keeps the best.
+    """
     ants = import_ants()
     scratch = out_dir / "init_search"
     scratch.mkdir(exist_ok=True)
     fixed, mask = _template_at(_INIT_MM)
     moving_low = downsample(moving, _INIT_MM)
-    paths = _write_images(scratch, {"fixed": fixed, "moving": moving_low, "mask": mask})
-    fixed_centre = _cranium_centre_lps(fixed, from_mask=mask)
-    moving_centre = _cranium_centre_lps(moving_low)
-    best: tuple[float, Path, tuple[float, float, float]] | None = None
+    low = _write_images(scratch, {"fixed": fixed, "moving": moving_low, "mask": mask},
+                        tag="8mm")
+    offset = _cranium_centre_lps(moving_low) - (centre := _cranium_centre_lps(fixed, mask))
+    round1 = []
     for index, rotation in enumerate(_START_ROTATIONS_DEG):
-        start = ants.create_ants_transform(
-            transform_type="Euler3DTransform", center=list(fixed_centre),
-            translation=list(moving_centre - fixed_centre),
-        )
+        start = ants.create_ants_transform(transform_type="Euler3DTransform",
+                                           center=list(centre), translation=list(offset))
         params = np.asarray(start.parameters, dtype=float)
         params[:3] = np.deg2rad(rotation)
         start.set_parameters(params)
         start_file = scratch / f"start{index}.mat"
         ants.write_transform(start, str(start_file))
-        prefix = scratch / f"fit{index}_"
-        _ants_registration([
-            "--dimensionality", "3", "--float", "1", "--output", str(prefix),
-            "--initial-moving-transform", str(start_file),
-            "--collapse-output-transforms", "1",
-            "--random-seed", str(settings.random_seed),
-            "--transform", "Rigid[0.2]", "--metric", _mi(paths, None),
-            "--convergence", f"[{_START_ITERATIONS},1e-6,10]",
-            "--shrink-factors", "1", "--smoothing-sigmas", "0vox",
-            "--masks", str(paths["mask"]),
-        ])
-        fitted = Path(f"{prefix}0GenericAffine.mat")
-        warped = ants.apply_transforms(fixed, moving_low, [str(fitted)])
-        cost = float(ants.image_similarity(fixed, warped, "MattesMutualInformation",
-                                           fixed_mask=mask))
-        if best is None or cost < best[0]:
-            best = (cost, fitted, tuple(float(r) for r in rotation))
-    assert best is not None
+        fitted = _fit(scratch / f"rigid{index}_", start_file, low, "Rigid[0.2]",
+                      _START_ITERATIONS, settings.random_seed, sampling=_START_SAMPLING)
+        round1.append((_mi_cost(fixed, moving_low, mask, fitted), index, fitted))
+
+    fixed, mask = _template_at(settings.coarse_mm)
+    moving_coarse = downsample(moving, settings.coarse_mm)
+    coarse = _write_images(scratch, {"fixed": fixed, "moving": moving_coarse, "mask": mask},
+                           tag="coarse")
+    round2 = []
+    for _, index, fitted in sorted(round1)[:_FINALISTS]:
+        refitted = _fit(scratch / f"similarity{index}_", fitted, coarse, "Similarity[0.1]",
+                        _FINALIST_ITERATIONS, settings.random_seed, sampling=_COARSE_SAMPLING)
+        round2.append((_mi_cost(fixed, moving_coarse, mask, refitted), index, refitted))
+    cost, index, best = min(round2)
     chosen = out_dir / "init_best.mat"
-    chosen.write_bytes(best[1].read_bytes())
+    chosen.write_bytes(best.read_bytes())
     shutil.rmtree(scratch)
-    return chosen, best[2], best[0]
+    rotation = tuple(float(r) for r in _START_ROTATIONS_DEG[index])
+    return chosen, rotation, cost
+
+
+def _mask_brain(moving, spacing_mm: float):
+    """``moving`` with everything but a rough brain mask set to 0, like the template."""
+    ants = import_ants()
+    data = moving.numpy()
+    mask = rough_brain_mask(data, spacing_mm)
+    return ants.from_numpy(np.where(mask, data, 0).astype(np.float32), origin=moving.origin,
+                           spacing=moving.spacing, direction=moving.direction)
+
+
+def _fit(prefix: Path, start: Path, paths: dict[str, Path], transform: str, iterations: int,
+         seed: int, sampling: float | None = None) -> Path:
+    """One single-level linear fit from ``start``; returns the collapsed transform file."""
+    _ants_registration([
+        "--dimensionality", "3", "--float", "1", "--output", str(prefix),
+        "--initial-moving-transform", str(start),
+        "--collapse-output-transforms", "1", "--random-seed", str(seed),
+        "--transform", transform, "--metric", _mi(paths, sampling),
+        "--convergence", f"[{iterations},1e-6,10]",
+        "--shrink-factors", "1", "--smoothing-sigmas", "0vox",
+        "--masks", str(paths["mask"]),
+    ])
+    return Path(f"{prefix}0GenericAffine.mat")
+
+
+def _mi_cost(fixed, moving, mask, transform: Path) -> float:
+    """Mattes mutual information cost (lower is better) of ``moving`` through ``transform``."""
+    ants = import_ants()
+    warped = ants.apply_transforms(fixed, moving, [str(transform)])
+    return float(ants.image_similarity(fixed, warped, "MattesMutualInformation",
+                                       fixed_mask=mask))
 
 
 def _ants_registration(args: list[str]) -> None:
@@ -201,19 +247,21 @@ def _ants_registration(args: list[str]) -> None:
     ants.registration(fixed=args, moving=None)
 
 
-def _mi(paths: dict[str, Path], sampling: float | None) -> str:
-    """Mattes mutual information between the fixed and moving files (dense or sampled)."""
-    metric = f"MI[{paths['fixed']},{paths['moving']},1,{_MI_BINS}"
+def _mi(paths: dict[str, Path], sampling: float | None, fixed: str = "fixed",
+        moving: str = "moving") -> str:
+    """Mattes mutual information between a fixed and a moving file (dense or sampled)."""
+    metric = f"MI[{paths[fixed]},{paths[moving]},1,{_MI_BINS}"
     if sampling is not None:
         metric += f",Regular,{sampling}"
     return metric + "]"
 
 
-def _write_images(folder: Path, images: dict) -> dict[str, Path]:
+def _write_images(folder: Path, images: dict, tag: str = "") -> dict[str, Path]:
+    # uncompressed: these are read once, right away, by antsRegistration
     ants = import_ants()
     paths = {}
     for key, img in images.items():
-        paths[key] = folder / f"reg_{key}.nii"
+        paths[key] = folder / f"reg_{key}{tag}.nii"
         ants.image_write(img, str(paths[key]))
     return paths
 
@@ -245,10 +293,13 @@ def _template_at(spacing_mm: float):
     return fixed, mask_low
 
 
-def _region_mask(fixed, brain_mask, crop: CropSettings):
-    """The crop boxes (plus a margin) inside ``brain_mask``, on the grid of ``fixed``."""
+def _region_masks(fixed, brain_mask, crop: CropSettings):
+    """(boxes, boxes inside the brain mask) on the grid of ``fixed``; boxes with a margin."""
     ants = import_ants()
     inside = box_mask(to_nibabel(fixed), crop, margin_mm=_REGION_MARGIN_MM)
-    region = (inside & (brain_mask.numpy() > 0)).astype(np.float32)
-    return ants.from_numpy(region, origin=fixed.origin, spacing=fixed.spacing,
-                           direction=fixed.direction)
+    region = inside & (brain_mask.numpy() > 0)
+    return tuple(
+        ants.from_numpy(m.astype(np.float32), origin=fixed.origin, spacing=fixed.spacing,
+                        direction=fixed.direction)
+        for m in (inside, region)
+    )

@@ -1,0 +1,329 @@
+"""Fine-tune a network on labelled crops: the Python API behind the ``finetune`` level.
+
+:func:`finetune` takes crops already split (the level splits by participant;
+the study and the demo bring their own splits), builds the network from
+scratch or from a pre-trained model, lets the strategy choose what trains,
+trains on the one engine with a per-epoch validation, keeps the best epoch,
+merges LoRA adapters, and writes the model directory when asked.
+
+Usage::
+
+    train, validation = split_by_participant(load_labelled_crops(settings, pairs), 0.2)
+    result = finetune(settings, train, validation, init="/out/models/pretrain-contrastive",
+                      model_dir="/out/models/finetune-contrastive-lora")
+    result.network          # a plain PcsNetwork (eval mode, on the CPU)
+    result.metrics          # {"val_dice": ..., "val_presence_accuracy": ..., ...}
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bids_pcs.config import Settings
+from bids_pcs.errors import ModelFileError
+from bids_pcs.finetuning.data import LabelledCrops
+from bids_pcs.finetuning.evaluation import make_evaluator
+from bids_pcs.finetuning.objective import SupervisedObjective
+from bids_pcs.finetuning.plots import plot_validation_curve
+from bids_pcs.finetuning.strategies import get_strategy
+from bids_pcs.models.model_io import (
+    check_model_fits,
+    load_pretrained,
+    model_card,
+    read_model_card,
+    save_model,
+)
+from bids_pcs.models.network import PcsNetwork, build_network, network_spec
+from bids_pcs.models.tensor_file import read_tensors
+from bids_pcs.training.distributed import DistContext
+from bids_pcs.training.engine import Engine, TrainConfig, TrainingInterruptedError, TrainResult
+from bids_pcs.training.plots import plot_loss_curve
+
+LOGGER = logging.getLogger(__name__)
+SCRATCH = "scratch"
+LOG_NAME = "training_log.tsv"
+CURVE_NAME = "loss_curve.png"
+VALIDATION_CURVE_NAME = "validation_curve.png"
+MONITOR = "val_score"
+BEST_NAME = "best.safetensors"  # written by the engine beside its checkpoint
+
+
+@dataclass
+class InitSource:
+    """What a fine-tuned network starts from.
+
+    Args:
+        method: ``"scratch"`` or the pre-training method of the model (its card's ``method``).
+        model_dir: the model directory, ``None`` from scratch.
+        card: that model's ``model.json``.
+        transferred: names of the tensors copied from it (encoder and decoder).
+    """
+
+    method: str = SCRATCH
+    model_dir: str | None = None
+    card: dict[str, Any] | None = None
+    transferred: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """What model.json records about the initialisation."""
+        if self.card is None:
+            return {"method": SCRATCH, "seeded_by": "run.seed"}
+        weights = self.card.get("weights", {})
+        return {"method": self.method, "model_dir": self.model_dir,
+                "stage": self.card.get("stage"), "strategy": self.card.get("strategy"),
+                "sha256": weights.get("sha256"), "app_version":
+                (self.card.get("app") or {}).get("version"),
+                "transferred_tensors": len(self.transferred),
+                "transferred_parts": ["encoder", "decoder"]}
+
+
+@dataclass
+class FinetuneResult:
+    """What :func:`finetune` produced.
+
+    Args:
+        network: the fine-tuned plain network (best epoch, adapters merged), eval mode, CPU.
+        card: its ``model.json`` content (without the weights' digest unless saved).
+        train: the engine's :class:`TrainResult` (history, timing, memory).
+        metrics: validation scores at the best epoch (empty without validation).
+        strategy: the strategy's summary (definition, parameter counts).
+        init: where the weights came from.
+        model_dir: where the model was written, or ``None``.
+    """
+
+    network: PcsNetwork
+    card: dict[str, Any]
+    train: TrainResult
+    metrics: dict[str, float]
+    strategy: dict[str, Any]
+    init: InitSource
+    model_dir: Path | None = None
+
+
+def check_init(settings: Settings, init: str | os.PathLike[str] | None) -> str:
+    """Check ``init`` before any work and return its method name (``"scratch"`` or the card's).
+
+    Raises:
+        ModelFileError: no model there, or one made with another template, crop
+            geometry, class list or architecture.
+    """
+    if not init or str(init) == SCRATCH:
+        return SCRATCH
+    card = read_model_card(init)
+    check_model_fits(card, settings, init)
+    mine = network_spec(settings.model, settings.crop.shape_vox, settings.labels.classes)
+    theirs = card.get("architecture") or {}
+    for key in ("architecture", "feature_size", "depths", "num_heads", "window_size"):
+        value = getattr(mine, key)
+        if _plain(theirs.get(key)) != _plain(value):
+            raise ModelFileError(
+                f"The model in {init} has {key} {theirs.get(key)!r} but this run's network has "
+                f"{value!r}; use the recipe the model was pre-trained with.")
+    return str(card.get("method") or "unknown")
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, list | tuple) else value
+
+
+def init_network(settings: Settings, init: str | os.PathLike[str] | None = SCRATCH,
+                 ) -> tuple[PcsNetwork, InitSource]:
+    """A new network seeded with ``settings.run.seed``, its encoder and decoder from ``init``.
+
+    Args:
+        settings: the run's settings (model, crop, template, labels).
+        init: ``"scratch"`` or a model directory (pre-trained, or fine-tuned).
+
+    Raises:
+        ModelFileError: the model is missing, tampered with, made with another
+            template, crop geometry, class list or architecture, or lacks any
+            encoder or decoder tensor.
+    """
+    torch.manual_seed(settings.run.seed)  # identical initial weights on every process
+    network = build_network(settings.model, settings.crop.shape_vox, settings.labels.classes)
+    if not init or str(init) == SCRATCH:
+        return network, InitSource()
+    model_dir = Path(init)
+    check_init(settings, model_dir)
+    card = read_model_card(model_dir)
+    report = load_pretrained(network, model_dir)
+    if report.matched_in("encoder") == 0:
+        raise ModelFileError(f"The model in {model_dir} holds no encoder weights; give a "
+                             "pre-trained model directory.")
+    return network, InitSource(method=str(card.get("method") or "unknown"),
+                               model_dir=str(model_dir.absolute()), card=card,
+                               transferred=report.matched)
+
+
+def init_heads_from_prior(network: PcsNetwork, train: LabelledCrops) -> dict[str, Any]:
+    """Start both heads' output biases at the training data's priors (never transferred).
+
+    The PCS fills well under 1 % of a crop: from a zero bias the voxel logits
+    first spend hundreds of optimiser steps learning "mostly background".
+    Setting the PCS logit's bias to ``log(pi / (1 - pi))`` (``pi`` the PCS
+    voxel fraction of the training masks; Lin et al. 2017, focal loss) and the
+    class logits' to the log class frequencies (add-one smoothed) starts the
+    heads at the prior, so the first steps already learn *where* the sulcus is.
+
+    Returns:
+        The priors used, for model.json.
+    """
+    masks = train.crops.targets["segmentation"]
+    fraction = float(masks.float().mean())
+    fraction = min(max(fraction, 1e-4), 0.5)
+    counts = torch.bincount(train.crops.targets["classification"],
+                            minlength=len(network.spec.classification_classes)).double() + 1
+    frequencies = counts / counts.sum()
+    segmentation = network.heads["segmentation"].conv.conv
+    classification = network.heads["classification"].mlp[-1]
+    with torch.no_grad():
+        segmentation.bias.zero_()
+        segmentation.bias[1] = math.log(fraction / (1 - fraction))
+        classification.bias.copy_(frequencies.log().to(classification.bias.dtype))
+    return {"pcs_voxel_fraction": fraction,
+            "class_frequencies": [round(float(f), 6) for f in frequencies]}
+
+
+def default_model_name(settings: Settings, init_method: str) -> str:
+    """``finetune-<init method or scratch>-<strategy>``, unless ``--model-name`` was given."""
+    return settings.run.model_name or f"finetune-{init_method}-{settings.finetune.strategy}"
+
+
+def finetune(settings: Settings, train: LabelledCrops, validation: LabelledCrops | None = None,
+             init: str | os.PathLike[str] | None = SCRATCH, *,
+             model_dir: str | os.PathLike[str] | None = None,
+             checkpoint_dir: str | os.PathLike[str] | None = None,
+             device: torch.device | None = None, context: DistContext | None = None,
+             progress: bool = True, steps_per_epoch: int | None = None,
+             data_summary: dict[str, Any] | None = None) -> FinetuneResult:
+    """Fine-tune with ``settings.finetune`` (strategy, epochs, loss) on ``train``.
+
+    Args:
+        settings: the run's settings; ``finetune`` and ``run.seed``/``run.resume`` are read.
+        train: training crops with targets.
+        validation: crops scored after every epoch; the epoch with the best
+            ``val_score`` is kept.  ``None``: the last epoch is kept.
+        init: ``"scratch"`` or a pre-trained model directory.
+        model_dir: write ``model.safetensors``, ``model.json``, the log and
+            the curves there (main process only); ``None``: write nothing.
+        checkpoint_dir: per-epoch checkpoints (for ``--resume`` and SIGTERM).
+        device: where to train (default CPU).
+        context: this process's place under ``torchrun``.
+        progress: show a progress bar.
+        steps_per_epoch: cap on batches per epoch (quick checks).
+        data_summary: extra fields for model.json's ``training_data``.
+
+    Raises:
+        TrainingInterruptedError: a signal stopped training (checkpoint saved).
+    """
+    context = context or DistContext()
+    device = device or torch.device("cpu")
+    ft = settings.finetune
+    strategy = get_strategy(ft.strategy, ft)
+    network, source = init_network(settings, init)
+    head_prior = init_heads_from_prior(network, train)
+    network = strategy.prepare(network)
+    objective = SupervisedObjective(strategy, ft)
+    objective.setup(network)
+    strategy_summary = strategy.summary(network)
+    model_dir = Path(model_dir) if model_dir is not None else None
+    config = TrainConfig(
+        epochs=ft.epochs, batch_size=ft.batch_size, accumulate_steps=ft.accumulate_steps,
+        learning_rate=ft.learning_rate, weight_decay=ft.weight_decay, seed=settings.run.seed,
+        checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None,
+        resume=settings.run.resume, log_tsv=model_dir / LOG_NAME if model_dir else None,
+        progress=progress, description=f"finetune {ft.strategy}",
+        steps_per_epoch=steps_per_epoch, monitor=MONITOR if validation is not None else None,
+        monitor_mode="max",
+    )
+    LOGGER.info("Fine-tuning (%s from %s) on %d crops of %d participants, validating on %d; "
+                "%d of %d parameters train.", ft.strategy, source.method, len(train),
+                len(train.participants), len(validation) if validation is not None else 0,
+                strategy_summary["trainable_parameters"], strategy_summary["base_parameters"])
+    engine = Engine(network, objective, config, device=device, context=context)
+    weights = (ft.segmentation_weight, ft.classification_weight)
+    evaluate = (make_evaluator(validation, batch_size=ft.batch_size, device=device,
+                               threshold=settings.inference.threshold, weights=weights)
+                if validation is not None else None)
+    result = engine.fit(train.crops, evaluate=evaluate)
+    if result.interrupted:
+        raise TrainingInterruptedError(
+            f"Fine-tuning stopped by a signal in epoch {result.epochs_completed + 1}; the "
+            f"checkpoint in {checkpoint_dir} is saved, rerun with --resume to continue.")
+    best_state = result.best_state
+    if best_state is None and result.best_epoch is not None and config.checkpoint_dir:
+        # resumed after the best epoch: the engine saved its weights beside the checkpoint
+        best_file = config.checkpoint_dir / BEST_NAME
+        if best_file.is_file():
+            best_state = read_tensors(best_file, None)
+    if best_state is not None:
+        network.load_state_dict(best_state, strict=True)
+    plain = strategy.export(network).to("cpu").eval()
+    best_metrics = _best_metrics(result)
+    card = model_card(
+        settings, plain, stage="finetune", method=source.method, strategy=ft.strategy,
+        objective=objective.summary(),
+        training_data={**train.summary(), **(data_summary or {}),
+                       "validation": validation.summary() if validation is not None else None},
+        training=_training_summary(result, config, context, device),
+        metrics=best_metrics,
+        extra={"finetuning": {"strategy": strategy_summary, "init": source.summary(),
+                              "head_bias_prior": head_prior,
+                              "monitor": MONITOR if validation is not None else None,
+                              "best_epoch": (result.best_epoch + 1
+                                             if result.best_epoch is not None else None)}},
+    )
+    if model_dir is not None and context.is_main:
+        save_model(model_dir, plain, card)
+        plot_loss_curve(result.history, model_dir / CURVE_NAME,
+                        title=f"fine-tuning: {source.method} / {ft.strategy}")
+        if validation is not None:
+            plot_validation_curve(result.history, model_dir / VALIDATION_CURVE_NAME,
+                                  best_epoch=result.best_epoch,
+                                  title=f"validation: {source.method} / {ft.strategy}")
+        card = read_model_card(model_dir)
+    return FinetuneResult(network=plain, card=card, train=result, metrics=best_metrics,
+                          strategy=strategy_summary, init=source, model_dir=model_dir)
+
+
+def _best_metrics(result: TrainResult) -> dict[str, float]:
+    if not result.history:
+        return {}
+    if result.best_epoch is None:
+        row = result.history[-1]
+    else:
+        row = next((r for r in result.history if r["epoch"] == result.best_epoch + 1),
+                   result.history[-1])
+    out = {k: v for k, v in row.items() if k.startswith("val_")}
+    out.update({f"final_train_{k}": v for k, v in result.history[-1].items()
+                if k in ("loss", "segmentation", "classification")})
+    return out
+
+
+def _training_summary(result: TrainResult, config: TrainConfig, context: DistContext,
+                      device: torch.device) -> dict[str, Any]:
+    return {
+        "epochs": result.epochs_completed,
+        "best_epoch": result.best_epoch + 1 if result.best_epoch is not None else None,
+        "optimizer_steps": result.global_step // config.accumulate_steps,
+        "batch_size_per_process": config.batch_size,
+        "accumulate_steps": config.accumulate_steps,
+        "processes": context.world_size,
+        "device": device.type,
+        "mixed_precision": bool(config.mixed_precision and device.type == "cuda"),
+        "seed": config.seed,
+        "seconds_this_run": round(result.seconds, 2),
+        "crops_per_second": round(result.crops_per_second, 3),
+        "peak_memory_mb": round(result.peak_memory_mb, 1),
+        "trainable_parameters": result.trainable_parameters,
+        "total_parameters": result.total_parameters,
+        "log": LOG_NAME,
+        "loss_curve": CURVE_NAME,
+    }

@@ -1,0 +1,224 @@
+"""The preprocessing workflow on real T1w images, original and perturbed.
+
+One module-scoped run preprocesses four images (a whole-head 2x2x3 mm scan,
+Colin27 with skull, and each after a known rigid motion, anisotropic resampling
+and different orientation codes) through the Nipype workflow, with two
+processes; every test below reads its outputs.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from preprocess_helpers import COLIN27, move, paracingulate_label, perturb, rigid_motion
+
+from bids_pcs.config import Settings, load_settings
+from bids_pcs.errors import LevelNotAvailableError
+from bids_pcs.io.bids_input import collect_t1w
+from bids_pcs.io.derivatives import crop_path, init_derivatives, sidecar_path, xfm_path
+from bids_pcs.levels import participant
+from bids_pcs.preprocess import PreprocessedImage, load_crop, preprocess_images
+from bids_pcs.spatial.antsio import import_ants, to_ants, to_nibabel
+from bids_pcs.spatial.crops import box_mask, crop_affine, resample_to_native
+from bids_pcs.spatial.template import load_template
+from bids_pcs.workflows.preprocess import init_pcs_preproc_wf
+
+KMEANS = "real-t1/KmeansTest_T1UCharRaw.nii.gz"
+MOTIONS = {"kmeans": rigid_motion(seed=1), "colin": rigid_motion(seed=2)}
+PERTURBATIONS = {
+    "kmeans": dict(voxel_mm=(2.2, 2.0, 2.6), axcodes=("P", "S", "L")),
+    "colin": dict(voxel_mm=(1.2, 1.0, 1.8), axcodes=("L", "P", "I")),
+}
+
+
+@dataclass
+class Cohort:
+    settings: Settings
+    results: dict[str, PreprocessedImage]
+    bids_dir: Path
+    output_dir: Path
+    work_dir: Path
+    seconds: float
+
+
+@pytest.fixture(scope="module")
+def originals(shared_data) -> dict[str, nib.Nifti1Image]:
+    if not COLIN27.is_file():
+        pytest.skip(f"{COLIN27} absent: install the Debian package mricron-data")
+    return {"kmeans": nib.load(str(shared_data / KMEANS)), "colin": nib.load(str(COLIN27))}
+
+
+def _bids_dataset(root: Path, images: dict[str, nib.Nifti1Image]) -> Path:
+    (root / "dataset_description.json").parent.mkdir(parents=True, exist_ok=True)
+    (root / "dataset_description.json").write_text(
+        json.dumps({"Name": "preprocessing test", "BIDSVersion": "1.10.0"}))
+    for label, img in images.items():
+        anat = root / f"sub-{label}" / "anat"
+        anat.mkdir(parents=True)
+        nib.save(img, anat / f"sub-{label}_T1w.nii.gz")
+    return root
+
+
+def _settings(bids_dir: Path, output_dir: Path, work_dir: Path, **registration) -> Settings:
+    return load_settings("default", overrides={
+        "run": {"bids_dir": str(bids_dir), "output_dir": str(output_dir),
+                "work_dir": str(work_dir), "nprocs": 2, "omp_nthreads": 1},
+        "registration": registration,
+    })
+
+
+@pytest.fixture(scope="module")
+def cohort(originals, tmp_path_factory) -> Cohort:
+    root = tmp_path_factory.mktemp("preproc")
+    images = dict(originals)
+    for name, img in originals.items():
+        images[f"{name}perturbed"] = perturb(img, MOTIONS[name], **PERTURBATIONS[name])
+    bids_dir = _bids_dataset(root / "bids", images)
+    output_dir, work_dir = root / "out", root / "work"
+    settings = _settings(bids_dir, output_dir, work_dir)
+    init_derivatives(output_dir, bids_dir)
+    start = time.monotonic()
+    done = preprocess_images(settings, collect_t1w(bids_dir))
+    seconds = time.monotonic() - start
+    return Cohort(settings, {item.image.subject: item for item in done}, bids_dir, output_dir,
+                  work_dir, seconds)
+
+
+def test_every_image_passes_qc_and_has_named_derivatives(cohort):
+    assert set(cohort.results) == {"kmeans", "kmeansperturbed", "colin", "colinperturbed"}
+    for label, item in cohort.results.items():
+        assert item.qc_passed, (label, item.qc)
+        assert item.qc["MinCorrelation"] >= cohort.settings.registration.qc_min_correlation
+        image = item.image
+        assert item.forward_transform == xfm_path(cohort.output_dir, image, extension=".h5")
+        assert item.inverse_transform == xfm_path(cohort.output_dir, image, inverse=True,
+                                                  extension=".h5")
+        anat = cohort.output_dir / f"sub-{label}" / "anat"
+        for hemisphere in "LR":
+            path = crop_path(cohort.output_dir, image, hemisphere)
+            assert item.crops[hemisphere] == path
+            assert path.name == (f"sub-{label}_space-MNI152NLin2009aSym_"
+                                 f"desc-medialfrontal{hemisphere}_T1w.nii.gz")
+            crop = nib.load(str(path))
+            assert crop.shape == cohort.settings.crop.shape_vox
+            assert crop.get_data_dtype() == np.float32
+            np.testing.assert_allclose(crop.affine, crop_affine(cohort.settings.crop, hemisphere),
+                                       atol=1e-4)
+            sidecar = json.loads(sidecar_path(path).read_text())
+            assert sidecar["Sources"][0] == f"bids:raw:sub-{label}/anat/sub-{label}_T1w.nii.gz"
+            assert sidecar["Mirrored"] is (hemisphere == "R")
+            assert sidecar["RegistrationQC"]["Passed"] is True
+        names = sorted(p.name for p in anat.iterdir())
+        assert f"sub-{label}_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.h5" in names
+        assert f"sub-{label}_from-MNI152NLin2009aSym_to-T1w_mode-image_xfm.h5" in names
+        assert f"sub-{label}_space-MNI152NLin2009aSym_desc-registration_qc.json" in names
+        assert not [n for n in names if n.startswith(".")], "temporary files left behind"
+
+
+@pytest.mark.parametrize("name", ["kmeans", "colin"])
+def test_crop_of_perturbed_image_matches_crop_of_original(cohort, name):
+    for hemisphere in "LR":
+        original = load_crop(cohort.results[name].crops[hemisphere])
+        perturbed = load_crop(cohort.results[f"{name}perturbed"].crops[hemisphere])
+        corr = np.corrcoef(original.ravel(), perturbed.ravel())[0, 1]
+        assert corr >= 0.9, (name, hemisphere, corr)
+
+
+@functools.lru_cache(maxsize=1)
+def _template_boxes(crop) -> np.ndarray:
+    return box_mask(load_template().t1, crop)
+
+
+def _fraction_in_boxes(label: nib.Nifti1Image, item: PreprocessedImage, crop) -> float:
+    """Share of a native-space label that lands in the crop boxes through the transform."""
+    ants = import_ants()
+    template = load_template().t1
+    moved = ants.apply_transforms(to_ants(template), to_ants(label),
+                                  [str(item.forward_transform)],
+                                  interpolator="nearestNeighbor")
+    in_template = np.asarray(to_nibabel(moved).dataobj) > 0
+    return float((in_template & _template_boxes(crop)).sum() / max(1, in_template.sum()))
+
+
+def test_paracingulate_label_falls_inside_the_crops(cohort):
+    crop = cohort.settings.crop
+    label_mni = paracingulate_label()
+    colin = cohort.results["colin"]
+    # Colin27 lives in MNI space: the atlas label is its native label
+    assert _fraction_in_boxes(label_mni, colin, crop) >= 0.85
+    # the perturbed Colin carries the same label, moved with it
+    moved = move(label_mni, MOTIONS["colin"])
+    assert _fraction_in_boxes(moved, cohort.results["colinperturbed"], crop) >= 0.85
+    # the whole-head scan: the label taken to its native grid by its own registration
+    kmeans = cohort.results["kmeans"]
+    native = nib.load(str(kmeans.image.path))
+    in_kmeans = resample_to_native(label_mni, native, [kmeans.inverse_transform], kind="label")
+    assert np.asarray(in_kmeans.dataobj).sum() > 1000
+    assert _fraction_in_boxes(in_kmeans, kmeans, crop) >= 0.85
+    moved = move(in_kmeans, MOTIONS["kmeans"])
+    assert _fraction_in_boxes(moved, cohort.results["kmeansperturbed"], crop) >= 0.85
+
+
+def test_rerun_with_the_same_work_dir_recomputes_nothing(cohort, tmp_path):
+    register_results = sorted(cohort.work_dir.glob("bids_pcs_preproc_wf/*/register/result_*"))
+    assert len(register_results) == 4
+    before = {p: p.stat().st_mtime_ns for p in register_results}
+    # 1) same outputs: every image is skipped without touching Nipype
+    outputs = {p: p.stat().st_mtime_ns for p in cohort.output_dir.rglob("*_T1w.nii.gz")}
+    start = time.monotonic()
+    again = preprocess_images(cohort.settings, collect_t1w(cohort.bids_dir))
+    assert time.monotonic() - start < 10
+    assert [a.crops for a in again] == [cohort.results[a.image.subject].crops for a in again]
+    assert {p: p.stat().st_mtime_ns for p in outputs} == outputs
+    # 2) outputs lost, work dir kept: Nipype's cache rewrites them without recomputing
+    fresh_out = tmp_path / "out"
+    init_derivatives(fresh_out, cohort.bids_dir)
+    start = time.monotonic()
+    rerun = preprocess_images(cohort.settings, collect_t1w(cohort.bids_dir),
+                              output_dir=fresh_out)
+    assert time.monotonic() - start < cohort.seconds
+    assert {p: p.stat().st_mtime_ns for p in register_results} == before
+    for item in rerun:
+        for hemisphere in "LR":
+            same = np.array_equal(load_crop(item.crops[hemisphere]),
+                                  load_crop(cohort.results[item.image.subject].crops[hemisphere]))
+            assert same
+
+
+def test_participant_level_runs_preprocessing_and_refuses_a_model(cohort):
+    participant.run(cohort.settings.replace(run={"participant_label": ["colin"]}))
+    with pytest.raises(LevelNotAvailableError):
+        participant.run(cohort.settings.replace(run={"model": "/some/model"}))
+
+
+def test_deformable_option_registers_and_agrees_with_affine(cohort, tmp_path):
+    settings = _settings(cohort.bids_dir, tmp_path / "out", tmp_path / "work", deformable=True)
+    init_derivatives(tmp_path / "out", cohort.bids_dir)
+    images = collect_t1w(cohort.bids_dir, ["kmeans"])
+    (item,) = preprocess_images(settings, images)
+    assert item.qc_passed
+    assert item.qc["MinCorrelation"] >= cohort.results["kmeans"].qc["MinCorrelation"] - 0.02
+    sidecar = json.loads(sidecar_path(item.forward_transform).read_text())
+    assert sidecar["TransformType"] == "affine+SyN"
+    for hemisphere in "LR":
+        affine_only = load_crop(cohort.results["kmeans"].crops[hemisphere])
+        corr = np.corrcoef(load_crop(item.crops[hemisphere]).ravel(), affine_only.ravel())[0, 1]
+        assert corr >= 0.9
+
+
+def test_workflow_without_n4_skips_the_node():
+    settings = load_settings("default", overrides={"registration": {"n4": False}})
+    workflow = init_pcs_preproc_wf(settings=settings, omp_nthreads=2)
+    names = set(workflow.list_node_names())
+    assert "n4" not in names and {"register", "resample_crops", "registration_qc"} <= names
+    assert "N4" not in workflow.__desc__
+    with_n4 = init_pcs_preproc_wf(settings=load_settings("default"), omp_nthreads=2)
+    assert with_n4.get_node("register").n_procs == 2
+    assert "N4" in with_n4.__desc__
