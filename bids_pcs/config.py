@@ -78,7 +78,9 @@ class RegistrationSettings:
     fine_mm: float = 2.0
     refine_on_region: bool = True
     deformable: bool = False
-    # QC: Pearson correlation with the template inside the union of both boxes
+    # QC: Pearson correlation of each crop with the template's crop over its brain
+    # voxels; both hemispheres must reach it (good fits 0.75-0.85, bad < 0.4; see
+    # bids_pcs.spatial.qc)
     qc_min_correlation: float = 0.5
     random_seed: int = 0
 

@@ -20,7 +20,7 @@ import pytest
 from preprocess_helpers import COLIN27, move, paracingulate_label, perturb, rigid_motion
 
 from bids_pcs.config import Settings, load_settings
-from bids_pcs.errors import LevelNotAvailableError
+from bids_pcs.errors import ModelFileError
 from bids_pcs.io.bids_input import collect_t1w
 from bids_pcs.io.derivatives import crop_path, init_derivatives, sidecar_path, xfm_path
 from bids_pcs.levels import participant
@@ -192,14 +192,15 @@ def test_rerun_with_the_same_work_dir_recomputes_nothing(cohort, tmp_path):
             assert same
 
 
-def test_participant_level_runs_preprocessing_and_refuses_a_model(cohort):
+def test_participant_level_runs_preprocessing_and_refuses_a_missing_model(cohort):
     participant.run(cohort.settings.replace(run={"participant_label": ["colin"]}))
-    with pytest.raises(LevelNotAvailableError):
+    with pytest.raises(ModelFileError, match="does not exist"):
         participant.run(cohort.settings.replace(run={"model": "/some/model"}))
 
 
 def test_deformable_option_registers_and_agrees_with_affine(cohort, tmp_path):
     settings = _settings(cohort.bids_dir, tmp_path / "out", tmp_path / "work", deformable=True)
+    settings = settings.replace(run={"omp_nthreads": 2})
     init_derivatives(tmp_path / "out", cohort.bids_dir)
     images = collect_t1w(cohort.bids_dir, ["kmeans"])
     (item,) = preprocess_images(settings, images)

@@ -3,6 +3,11 @@
 Without ``--model`` this is exactly the preprocessing of DESIGN.md: per T1w
 image, forward and inverse transforms to MNI152NLin2009aSym, the two medial
 frontal crops and a registration QC record, written into OUTPUT_DIR.
+
+With ``--model DIR`` the model is checked first (fine-tuned, same template,
+crop geometry and classes, weights matching their SHA-256), before any
+registration; after preprocessing, :func:`bids_pcs.inference.infer_images`
+writes the PCS derivatives and each participant gets its HTML report.
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bids_pcs.config import Settings
-from bids_pcs.errors import LevelNotAvailableError
 from bids_pcs.io.bids_input import collect_t1w
 from bids_pcs.preprocess import PreprocessedImage, preprocess_images
 
@@ -22,8 +26,10 @@ LOGGER = logging.getLogger("bids_pcs.participant")
 def run(settings: Settings) -> None:
     """Run the participant level; OUTPUT_DIR is initialised and logging set up by the CLI."""
     if settings.run.model:
+        from bids_pcs.inference import check_inference_model
+
         # fail before preprocessing, not after it
-        raise _inference_not_available()
+        check_inference_model(settings, settings.run.model)
     images = collect_t1w(Path(settings.run.bids_dir), settings.run.participant_label,
                          settings.run.session_label)
     LOGGER.info("participant level: %d T1w image(s)", len(images))
@@ -36,12 +42,16 @@ def run(settings: Settings) -> None:
 
 
 def infer(settings: Settings, preprocessed: Sequence[PreprocessedImage]) -> None:
-    """PCS masks, probabilities, classes and reports for images that passed QC (``--model``)."""
-    raise _inference_not_available()
+    """PCS masks, probabilities, classes and reports for images that passed QC (``--model``).
 
+    Images that failed registration QC are recorded in their result table
+    (``qc_passed`` false, values ``n/a``) and in the reports, never predicted.
+    """
+    from bids_pcs.inference import infer_images
+    from bids_pcs.reports.subject import write_subject_report
 
-def _inference_not_available() -> LevelNotAvailableError:
-    return LevelNotAvailableError(
-        "participant --model (inference) is not available in this version yet; "
-        "run participant without --model to preprocess only."
-    )
+    results = infer_images(settings, preprocessed)
+    output_dir = Path(settings.run.output_dir)
+    images = [result.image for result in results]
+    for subject in sorted({image.subject for image in images}):
+        write_subject_report(output_dir, subject, images, labels=settings.labels)

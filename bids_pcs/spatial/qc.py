@@ -2,10 +2,10 @@
 
 The figure is the Pearson correlation between a crop and the template resampled
 onto the same grid, over the template's brain voxels in the box.  A correct
-affine alignment of a T1w image gives about 0.7-0.85 (real scans, with or
-without skull); a crop that is shifted by a centimetre or more, rotated, or cut
-from the wrong place falls below 0.4, because grey matter, white matter and
-CSF no longer overlap their template counterparts.  The threshold
+affine alignment gives about 0.75-0.85 on real scans, with or without skull
+(0.9 with the deformable stage); a pose a few millimetres or degrees off
+already falls to 0.2-0.35, because the folds of the medial frontal cortex no
+longer overlap their template counterparts.  The threshold
 (``registration.qc_min_correlation``, 0.5 by default) sits between the two,
 and both hemispheres must pass.
 """

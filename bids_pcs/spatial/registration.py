@@ -3,22 +3,28 @@
 Registration runs coarse to fine, because a 1 mm affine fit costs about half a
 minute on two cores while the crops only need millimetre accuracy:
 
-1. *Initialisation.*  The brain is located without trusting the header's
-   origin (scanner coordinates are often far from the template's): the head
-   is segmented on a coarse copy, and the centre of its top
-   ``_CENTRE_SLAB_MM`` (the cranium, whatever lies below: neck or nothing) is
-   matched to the same slab of the template brain.  Several rotations around
-   that centre are each fitted rigidly at ``coarse_mm`` and the best by mutual
-   information wins, so heads tilted by tens of degrees still start close.
-2. *Affine* fit with mutual information inside the dilated template brain mask
-   (the template is skull-stripped: scalp, skull and neck of whole-head scans
-   must not pull the fit), at ``coarse_mm`` then ``fine_mm``.
-3. *Local refinement* (``refine_on_region``): another affine pass whose metric
-   only sees the medial frontal boxes, so the crops are aligned best.
-4. *Deformable* (``deformable``): a SyN stage inside the brain mask.
+0. *Like with like.*  The template is skull-stripped, so the moving image is
+   too, roughly (:mod:`bids_pcs.spatial.brainmask`); otherwise scalp, skull
+   and neck pull the mutual information towards a wrong, larger "brain".
+   This masked copy only drives the whole-brain stages.
+1. *Initialisation* without trusting the header's origin (scanner coordinates
+   are often far from the template's): the centres of the top
+   ``_CENTRE_SLAB_MM`` of both brains are matched, then a two-round
+   multi-start search: every start rotation fitted rigidly at 8 mm, the best
+   few refitted with a similarity transform at ``coarse_mm`` (where the
+   ranking by mutual information is reliable), the best kept.  Heads tilted
+   by 20-30 degrees still start close.
+2. *Affine* fit of the whole brain at ``coarse_mm`` (inside the dilated
+   template brain mask).
+3. *Local refinement* at ``fine_mm`` (``refine_on_region``): an affine pass
+   whose metric sees only the medial frontal boxes (plus a margin), from the
+   unmasked image, so the crops are aligned best; without it, a sparse
+   whole-brain pass at ``fine_mm``.
+4. *Deformable* (``deformable``): a SyN stage on the boxes' bounding box.
 
 One ``antsRegistration`` call runs stages 2-4 from the initial transform and
-writes composite (``.h5``) forward and inverse transforms.
+writes composite (``.h5``) forward and inverse transforms.  Point sampling is
+seeded (``random_seed``), so results repeat.
 """
 
 from __future__ import annotations
@@ -38,8 +44,8 @@ from bids_pcs.spatial.crops import box_mask
 from bids_pcs.spatial.intensity import foreground_mask
 from bids_pcs.spatial.template import load_template, registration_mask
 
-# height of the slab below the top of the head whose centre stands for the
-# brain centre at initialisation (mm); about the height of the cerebrum
+# height of the slab below the top of the brain whose centre is matched at
+# initialisation (mm): about the cerebrum, whatever lies below (cerebellum, neck)
 _CENTRE_SLAB_MM = 90.0
 # start rotations (degrees about the x, y, z axes) tried at initialisation
 _START_ROTATIONS_DEG = (

@@ -1,0 +1,102 @@
+"""The network on one image's two crops: PCS voxel probabilities and class probabilities.
+
+Both hemispheres go through the network as one batch of two (the right crop is
+stored mirrored, so both look like a left hemisphere to the network), in
+inference mode, on the run's device. The outputs are softmax probabilities:
+per voxel P(PCS) on the crop grid, per hemisphere P(absent, present, prominent).
+
+Flip test-time augmentation (``[inference] flip_tta``) averages these with the
+prediction of the crops flipped along the crop's **x (left-right) axis**, the
+flip flipped back. It is the only axis along which a mirror image is still a
+plausible hemisphere: the template is symmetric, and the sagittal course of the
+sulcus (anterior to the cingulate sulcus' upturn, dorsal to it, parallel to it)
+is left intact; only the lateral-medial order of the voxels is reversed.
+Flipping the anterior-posterior or inferior-superior axis would put the PCS
+behind or below the cingulate sulcus, an anatomy the network never saw. The
+networks are trained without flip augmentation, so a model may not be
+invariant to the x flip; the option is off by default and recorded in every
+output's metadata.
+
+Usage::
+
+    crops = {h: load_crop(item.crops[h]) for h in ("L", "R")}
+    predictions = predict_hemispheres(network, crops, device=device, flip_tta=False)
+    predictions["L"].pcs_probability.shape      # settings.crop.shape_vox
+    predictions["R"].class_probabilities        # (3,) absent, present, prominent
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from bids_pcs.config import HEMISPHERES
+
+# the crop's x axis (array axis 0, tensor dim 2 of (B, C, X, Y, Z)): left-right
+FLIP_AXIS = 0
+FLIP_DESCRIPTION = ("mean of the predictions of each crop and of the crop flipped along its "
+                    "x (left-right) axis, flipped back")
+
+
+@dataclass(frozen=True)
+class HemispherePrediction:
+    """What the network says about one hemisphere's crop.
+
+    Args:
+        pcs_probability: P(PCS) per voxel, float32, laid out like the stored crop
+            (the right one mirrored).
+        class_probabilities: (3,) float64 probabilities of absent, present, prominent.
+    """
+
+    pcs_probability: np.ndarray
+    class_probabilities: np.ndarray
+
+    def pcs_class(self, classes: tuple[str, ...]) -> str:
+        """The most probable class name."""
+        return classes[int(np.argmax(self.class_probabilities))]
+
+
+def predict_hemispheres(network: nn.Module, crops: Mapping[str, np.ndarray], *,
+                        device: torch.device | None = None, flip_tta: bool = False,
+                        ) -> dict[str, HemispherePrediction]:
+    """Run ``network`` on both crops of one image as a batch of two.
+
+    Args:
+        network: a fine-tuned :class:`~bids_pcs.models.network.PcsNetwork` (put in
+            eval mode here).
+        crops: ``{"L": array, "R": array}``, each of the recipe's crop shape, as
+            :func:`bids_pcs.preprocess.load_crop` returns them.
+        device: where to run (default: the network's device).
+        flip_tta: also predict the x-flipped crops and average (see module doc).
+
+    Returns:
+        ``{"L": HemispherePrediction, "R": HemispherePrediction}``.
+    """
+    device = device or next(network.parameters()).device
+    network.eval()
+    batch = torch.stack([torch.as_tensor(np.asarray(crops[h], dtype=np.float32))
+                         for h in HEMISPHERES])[:, None].to(device)
+    with torch.inference_mode():
+        voxel, classes = _probabilities(network, batch)
+        if flip_tta:
+            dim = 2 + FLIP_AXIS
+            flipped_voxel, flipped_classes = _probabilities(network, batch.flip(dim))
+            voxel = (voxel + flipped_voxel.flip(dim - 1)) / 2
+            classes = (classes + flipped_classes) / 2
+    voxel_np = voxel.float().cpu().numpy()
+    classes_np = classes.double().cpu().numpy()
+    return {h: HemispherePrediction(pcs_probability=voxel_np[i],
+                                    class_probabilities=classes_np[i])
+            for i, h in enumerate(HEMISPHERES)}
+
+
+def _probabilities(network: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, X, Y, Z) voxel P(PCS) and (B, K) class probabilities of one forward pass."""
+    out = network(batch)
+    voxel = torch.softmax(out["segmentation"].float(), dim=1)[:, 1]
+    classes = torch.softmax(out["classification"].float(), dim=1)
+    return voxel, classes

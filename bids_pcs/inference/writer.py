@@ -1,0 +1,213 @@
+"""The PCS derivatives of one T1w image, each written atomically.
+
+For an image that passed registration QC (names from :mod:`bids_pcs.io.derivatives`):
+
+- ``<prefix>_space-T1w_label-PCS{L,R}_probseg.nii.gz`` (+ ``.json``): P(PCS) per
+  hemisphere on the native grid, float32 in [0, 1];
+- ``<prefix>_space-T1w_desc-pcs_dseg.nii.gz`` (+ ``.json``): 0 background,
+  1 left PCS, 2 right PCS (the label map of ``desc-pcs_dseg.tsv``), uint8;
+- ``<prefix>_desc-pcs_pcs.tsv`` / ``.json``: the per-image result table of
+  docs/architecture.md ("Per-image PCS results"), written last, so a table
+  always describes maps that are already in place.
+
+An image that failed QC gets only the table, every value ``n/a`` but its QC
+correlation, ``qc_passed`` false, so it is listed (by the reports and the
+group level) but never measured; maps left by an earlier run for it are
+removed, as they no longer describe what the run decided.
+
+Usage::
+
+    files = write_image_results(output_dir, preprocessed, native, predictions, context)
+    files = write_qc_failed(output_dir, preprocessed, context)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from bids_pcs import __version__
+from bids_pcs.config import HEMISPHERES, LabelSettings
+from bids_pcs.inference.native import NativeMaps
+from bids_pcs.inference.predict import FLIP_DESCRIPTION, HemispherePrediction
+from bids_pcs.io.atomic import atomic_path, write_json, write_text
+from bids_pcs.io.bids_input import T1wImage
+from bids_pcs.io.derivatives import (
+    dseg_path,
+    probseg_path,
+    sidecar_path,
+    write_sidecar,
+)
+from bids_pcs.preprocess import PreprocessedImage
+from bids_pcs.reports.results import PCS_TABLE_COLUMNS, pcs_metadata_path, pcs_table_path
+
+LOGGER = logging.getLogger("bids_pcs.inference")
+NA = "n/a"
+_HEMISPHERE_NAMES = {"L": "left", "R": "right"}
+
+
+@dataclass(frozen=True)
+class WriteContext:
+    """What every file of a run records about how it was made.
+
+    Args:
+        model: the ``Model`` entry (name, stage, method, strategy, sha256, version).
+        threshold: the probability above which a voxel is PCS.
+        flip_tta: whether flip test-time augmentation was used.
+        labels: class names, length thresholds and dseg values.
+    """
+
+    model: dict[str, Any]
+    threshold: float
+    flip_tta: bool
+    labels: LabelSettings
+
+
+def write_image_results(output_dir: Path, preprocessed: PreprocessedImage, native: NativeMaps,
+                        predictions: Mapping[str, HemispherePrediction],
+                        context: WriteContext) -> list[Path]:
+    """Write the probsegs, the dseg and the result table of an image that passed QC.
+
+    Returns:
+        Every file written, in order.
+    """
+    output_dir = Path(output_dir)
+    image, qc = preprocessed.image, preprocessed.qc
+    written: list[Path] = []
+    inverse = preprocessed.inverse_transform
+    common = {"Model": context.model, "SoftwareVersion": __version__,
+              "FlipTTA": context.flip_tta, "SpatialReference": image.bids_uri}
+    for hemisphere in HEMISPHERES:
+        path = probseg_path(output_dir, image, hemisphere)
+        _save_nifti(native.probabilities[hemisphere].get_fdata(dtype=np.float32),
+                    native.affine, path, np.float32)
+        write_sidecar(path, [image.bids_uri, _uri(output_dir, preprocessed.crops[hemisphere]),
+                             _uri(output_dir, inverse)],
+                      Description=f"Probability of the {_HEMISPHERE_NAMES[hemisphere]} "
+                                  "paracingulate sulcus, predicted on the template-space crop "
+                                  "and mapped to the T1w grid (linear interpolation).",
+                      Hemisphere=hemisphere, **common)
+        written += [path, sidecar_path(path)]
+    dseg = dseg_path(output_dir, image)
+    _save_nifti(native.dseg, native.affine, dseg, np.uint8)
+    write_sidecar(dseg, [image.bids_uri, *(_uri(output_dir, probseg_path(output_dir, image, h))
+                                           for h in HEMISPHERES)],
+                  Description="Paracingulate sulcus: 0 background, "
+                              f"{context.labels.dseg_left} left, {context.labels.dseg_right} "
+                              "right (see desc-pcs_dseg.tsv).",
+                  ProbabilityThreshold=context.threshold,
+                  OverlapRule="where both hemispheres exceed the threshold, the larger "
+                              "probability wins", **common)
+    written += [dseg, sidecar_path(dseg)]
+    rows = []
+    for hemisphere in HEMISPHERES:
+        prediction = predictions[hemisphere]
+        morph = native.morphometry[hemisphere]
+        rows.append({
+            "hemisphere": hemisphere,
+            "pcs_class": prediction.pcs_class(context.labels.classes),
+            **{f"p_{name}": _number(p, 4) for name, p in
+               zip(context.labels.classes, prediction.class_probabilities, strict=True)},
+            "pcs_length_mm": _number(morph.length_mm, 2),
+            "pcs_volume_mm3": _number(morph.volume_mm3, 1),
+            **_qc_columns(qc, hemisphere),
+        })
+    sources = [image.bids_uri, _uri(output_dir, dseg),
+               *(_uri(output_dir, probseg_path(output_dir, image, h)) for h in HEMISPHERES)]
+    written += _write_table(output_dir, image, rows, sources, qc, context)
+    return written
+
+
+def write_qc_failed(output_dir: Path, preprocessed: PreprocessedImage,
+                    context: WriteContext) -> list[Path]:
+    """Record an image that failed registration QC: n/a values, ``qc_passed`` false."""
+    output_dir = Path(output_dir)
+    image, qc = preprocessed.image, preprocessed.qc
+    for stale in _maps(output_dir, image):
+        if stale.exists():
+            LOGGER.info("%s: removing %s from an earlier run (registration QC failed now)",
+                        image.prefix, stale.name)
+            stale.unlink()
+    rows = [{"hemisphere": hemisphere, "pcs_class": NA,
+             **{f"p_{name}": NA for name in context.labels.classes},
+             "pcs_length_mm": NA, "pcs_volume_mm3": NA, **_qc_columns(qc, hemisphere)}
+            for hemisphere in HEMISPHERES]
+    qc_file = Path(preprocessed.qc_file)
+    sources = [image.bids_uri] + ([_uri(output_dir, qc_file)] if qc_file.is_file()
+                                  and qc_file.is_relative_to(output_dir) else [])
+    return _write_table(output_dir, image, rows, sources, qc, context)
+
+
+def _write_table(output_dir: Path, image: T1wImage, rows: list[dict[str, str]],
+                 sources: list[str], qc: Mapping[str, Any], context: WriteContext) -> list[Path]:
+    columns = list(PCS_TABLE_COLUMNS)
+    lines = ["\t".join(columns)] + ["\t".join(row[c] for c in columns) for row in rows]
+    table = write_text(pcs_table_path(output_dir, image), "\n".join(lines) + "\n")
+    metadata = {
+        "Sources": sources,
+        "Model": context.model,
+        "Thresholds": {"present_min_mm": context.labels.present_min_mm,
+                       "prominent_min_mm": context.labels.prominent_min_mm},
+        "ProbabilityThreshold": context.threshold,
+        "FlipTTA": context.flip_tta,
+        "SoftwareVersion": __version__,
+        "RegistrationQC": {"Correlation": qc.get("Correlation"),
+                           "Threshold": qc.get("Threshold"), "Passed": bool(qc.get("Passed"))},
+        "Columns": _COLUMNS,
+    }
+    if context.flip_tta:
+        metadata["FlipTTAMethod"] = FLIP_DESCRIPTION
+    meta = write_json(pcs_metadata_path(output_dir, image), metadata)
+    return [table, meta]
+
+
+_COLUMNS = {
+    "hemisphere": "L (left) or R (right)",
+    "pcs_class": "most probable class: absent, present or prominent (n/a: not run)",
+    "p_absent": "class probability from the network's classification head",
+    "p_present": "class probability from the network's classification head",
+    "p_prominent": "class probability from the network's classification head",
+    "pcs_length_mm": "length of the predicted mask along the sulcus in sagittal view (mm)",
+    "pcs_volume_mm3": "volume of the predicted mask on the T1w grid (mm3)",
+    "qc_correlation": "correlation of the hemisphere's crop with the template (registration QC)",
+    "qc_passed": "true when registration QC passed; false rows carry no PCS values",
+}
+
+
+def _qc_columns(qc: Mapping[str, Any], hemisphere: str) -> dict[str, str]:
+    correlation = (qc.get("Correlation") or {}).get(hemisphere)
+    if correlation is None:
+        correlation = qc.get("MinCorrelation")
+    return {"qc_correlation": _number(correlation, 4),
+            "qc_passed": "true" if qc.get("Passed") else "false"}
+
+
+def _number(value: Any, digits: int) -> str:
+    if value is None:
+        return NA
+    number = float(value)
+    return f"{number:.{digits}f}" if np.isfinite(number) else NA
+
+
+def _maps(output_dir: Path, image: T1wImage) -> list[Path]:
+    images = [dseg_path(output_dir, image)] + [probseg_path(output_dir, image, h)
+                                               for h in HEMISPHERES]
+    return [p for path in images for p in (path, sidecar_path(path))]
+
+
+def _uri(output_dir: Path, path: Path) -> str:
+    return f"bids::{Path(path).relative_to(output_dir).as_posix()}"
+
+
+def _save_nifti(data: np.ndarray, affine: np.ndarray, path: Path, dtype: type) -> None:
+    image = nib.Nifti1Image(np.asarray(data, dtype=dtype), affine)
+    image.set_data_dtype(dtype)
+    image.header.set_xyzt_units("mm", "sec")
+    with atomic_path(path) as tmp:
+        nib.save(image, str(tmp))

@@ -1,0 +1,233 @@
+"""Participant-level splits of the study: train / validation / test, or k folds.
+
+The unit is the *participant*: both hemispheres and every session of a
+participant land in the same part, so no test participant's anatomy is ever
+seen in training (their two hemispheres and repeated scans are not
+independent).  Splits are seeded and stratified by how many hemispheres of a
+participant have a PCS (0, 1 or 2, the most over their sessions), so every
+part sees absent and present sulci in similar proportions:
+
+1. participants are shuffled with the seed, then ordered by stratum (stable,
+   so the order is random within a stratum);
+2. a single split takes the test participants at even steps along that order,
+   then the validation participants at even steps along what is left;
+3. k folds deal the ordered participants round-robin into k test folds; in
+   each fold the validation participants are taken at even steps along the
+   remaining ones, in the ratio ``validation_fraction : train_fraction``.
+
+Usage::
+
+    strata = participant_strata(labelled.info)           # {"01": 2, "02": 0, ...}
+    [split] = make_splits(strata, settings.study, seed=0)
+    split.train, split.validation, split.test             # participant labels
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bids_pcs.config import RecipeError, StudySettings
+from bids_pcs.errors import InputDataError
+
+PARTS: tuple[str, ...] = ("train", "validation", "test")
+_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class StudySplit:
+    """One partition of the participants.
+
+    Args:
+        fold: 0 for the single train/validation/test split, 1..k for the folds.
+        train, validation, test: participant labels (without ``sub-``), sorted.
+    """
+
+    fold: int
+    train: tuple[str, ...]
+    validation: tuple[str, ...]
+    test: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        seen: dict[str, str] = {}
+        for part in PARTS:
+            for subject in getattr(self, part):
+                if subject in seen:
+                    raise ValueError(f"participant {subject} is in both {seen[subject]} and "
+                                     f"{part}")
+                seen[subject] = part
+
+    def part_of(self, subject: str) -> str:
+        """``"train"``, ``"validation"`` or ``"test"``."""
+        for part in PARTS:
+            if subject in getattr(self, part):
+                return part
+        raise KeyError(subject)
+
+    @property
+    def participants(self) -> tuple[str, ...]:
+        return tuple(sorted(self.train + self.validation + self.test))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fold": self.fold, **{part: list(getattr(self, part)) for part in PARTS}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StudySplit:
+        return cls(fold=int(data["fold"]),
+                   **{part: tuple(data[part]) for part in PARTS})
+
+
+def participant_strata(info: Iterable[Any]) -> dict[str, int]:
+    """Stratum of each participant: the most hemispheres with a PCS in any of their images.
+
+    Args:
+        info: crop records with ``subject``, ``prefix`` and ``pcs_class``
+            (:class:`bids_pcs.finetuning.CropInfo`).
+    """
+    per_image: dict[tuple[str, str], int] = {}
+    for item in info:
+        key = (item.subject, item.prefix)
+        per_image[key] = per_image.get(key, 0) + (item.pcs_class != "absent")
+    strata: dict[str, int] = {}
+    for (subject, _), count in per_image.items():
+        strata[subject] = max(strata.get(subject, 0), count)
+    return dict(sorted(strata.items()))
+
+
+def check_fractions(study: StudySettings) -> None:
+    """Refuse fractions that are negative, do not sum to 1, or leave no train or test part."""
+    fractions = (study.train_fraction, study.validation_fraction, study.test_fraction)
+    if min(fractions) < 0 or abs(sum(fractions) - 1.0) > _TOLERANCE:
+        raise RecipeError(
+            f"[study] train_fraction, validation_fraction and test_fraction must be >= 0 and "
+            f"sum to 1, not {fractions}; fix the recipe or --set them.")
+    if study.train_fraction <= 0 or (study.folds < 2 and study.test_fraction <= 0):
+        raise RecipeError("[study] needs train_fraction > 0 and test_fraction > 0 (or "
+                             "folds >= 2): a study trains and tests on separate participants.")
+    if study.folds < 0:
+        raise RecipeError(f"[study] folds must be 0 (one split) or at least 2, not "
+                             f"{study.folds}.")
+
+
+def make_splits(strata: Mapping[str, int], study: StudySettings, seed: int = 0,
+                ) -> list[StudySplit]:
+    """The study's split(s): one train/validation/test split, or ``study.folds`` folds."""
+    check_fractions(study)
+    if study.folds >= 2:
+        return kfold_splits(strata, study.folds, seed=seed,
+                            validation_share=_validation_share(study))
+    return [split_participants(strata, (study.train_fraction, study.validation_fraction,
+                                        study.test_fraction), seed=seed)]
+
+
+def split_participants(strata: Mapping[str, int],
+                       fractions: Sequence[float] = (0.6, 0.2, 0.2), *, seed: int = 0,
+                       fold: int = 0) -> StudySplit:
+    """A seeded, stratified train/validation/test split of the participants.
+
+    Args:
+        strata: participant -> stratum (see :func:`participant_strata`).
+        fractions: shares of participants in train, validation and test
+            (summing to 1).  Part sizes are the fractions times the count,
+            rounded by largest remainder; a part with a positive fraction gets
+            at least one participant and train is never empty.
+        seed: the same seed and participants give the same split.
+        fold: stored in the result.
+
+    Raises:
+        InputDataError: too few participants for the parts asked for.
+    """
+    order = stratified_order(strata, seed)
+    n_train, n_validation, n_test = part_sizes(len(order), fractions)
+    test = _even_steps(order, n_test)
+    rest = [s for s in order if s not in test]
+    validation = _even_steps(rest, n_validation)
+    train = [s for s in rest if s not in validation]
+    assert len(train) == n_train
+    return StudySplit(fold=fold, train=tuple(sorted(train)),
+                      validation=tuple(sorted(validation)), test=tuple(sorted(test)))
+
+
+def kfold_splits(strata: Mapping[str, int], k: int, *, seed: int = 0,
+                 validation_share: float = 0.25) -> list[StudySplit]:
+    """``k`` seeded, stratified folds: every participant is tested in exactly one fold.
+
+    Args:
+        strata: participant -> stratum.
+        k: number of folds (2 <= k <= participants).
+        seed: the same seed and participants give the same folds.
+        validation_share: share of each fold's non-test participants used for
+            validation (at least one when above 0, never all).
+    """
+    order = stratified_order(strata, seed)
+    if not 2 <= k <= len(order):
+        raise InputDataError(f"[study] folds = {k} needs between 2 and {len(order)} "
+                             f"participants per fold; there are {len(order)} participants.")
+    test_folds = [order[i::k] for i in range(k)]  # round-robin along strata: stratified folds
+    splits = []
+    for index, test in enumerate(test_folds, start=1):
+        rest = [s for s in order if s not in test]
+        n_validation = _at_least_one(validation_share * len(rest), validation_share > 0)
+        n_validation = min(n_validation, len(rest) - 1)
+        validation = _even_steps(rest, n_validation)
+        train = [s for s in rest if s not in validation]
+        splits.append(StudySplit(fold=index, train=tuple(sorted(train)),
+                                 validation=tuple(sorted(validation)),
+                                 test=tuple(sorted(test))))
+    return splits
+
+
+def stratified_order(strata: Mapping[str, int], seed: int) -> list[str]:
+    """Participants shuffled with ``seed``, then stably sorted by stratum."""
+    subjects = sorted(strata)
+    rng = np.random.default_rng(seed)
+    shuffled = [subjects[i] for i in rng.permutation(len(subjects))]
+    return sorted(shuffled, key=lambda s: strata[s])
+
+
+def part_sizes(n: int, fractions: Sequence[float]) -> tuple[int, ...]:
+    """Participants per part: largest-remainder rounding, at least one where the fraction is > 0.
+
+    Raises:
+        InputDataError: fewer participants than parts with a positive fraction.
+    """
+    fractions = [float(f) for f in fractions]
+    needed = sum(1 for f in fractions if f > 0)
+    if n < needed:
+        raise InputDataError(
+            f"The study needs at least {needed} labelled participants for its "
+            f"{needed} parts (train, validation, test); only {n} passed preprocessing.")
+    exact = [f * n / sum(fractions) for f in fractions]
+    sizes = [int(np.floor(e)) for e in exact]
+    by_remainder = sorted(range(len(sizes)), key=lambda i: (exact[i] - sizes[i], -i),
+                          reverse=True)
+    for i in by_remainder[: n - sum(sizes)]:
+        sizes[i] += 1
+    # an empty part with a positive fraction borrows from the largest part
+    for i, fraction in enumerate(fractions):
+        if fraction > 0 and sizes[i] == 0:
+            donor = max(range(len(sizes)), key=lambda j: sizes[j])
+            sizes[donor] -= 1
+            sizes[i] += 1
+    return tuple(sizes)
+
+
+def _validation_share(study: StudySettings) -> float:
+    # with folds the test part is one fold; the other two fractions keep their ratio
+    denominator = study.train_fraction + study.validation_fraction
+    return study.validation_fraction / denominator if denominator > 0 else 0.0
+
+
+def _at_least_one(value: float, positive: bool) -> int:
+    return max(1, int(round(value))) if positive else 0
+
+
+def _even_steps(order: Sequence[str], count: int) -> list[str]:
+    """``count`` items spread evenly along ``order`` (so along the strata)."""
+    if count <= 0:
+        return []
+    step = len(order) / count
+    return [order[int((j + 0.5) * step)] for j in range(count)]
