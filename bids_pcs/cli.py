@@ -165,7 +165,6 @@ def cli(**options: Any) -> None:
       bids_pcs /data /out group
     """
     ctx = click.get_current_context()
-    verbose = options["verbose"]
     try:
         settings = build_settings(options)
         check_level_options(options)
@@ -173,8 +172,9 @@ def cli(**options: Any) -> None:
     except click.UsageError:
         raise
     except BidsPcsError as exc:
-        if verbose:
-            LOGGER.exception("error")
+        # the run log keeps the message and traceback; the console shows the
+        # traceback only with -v (its handler is at DEBUG then)
+        LOGGER.debug("run failed: %s", exc, exc_info=True)
         click.echo(f"bids_pcs: error: {exc}", err=True)
         ctx.exit(exc.exit_code)
     except KeyboardInterrupt:
@@ -182,7 +182,7 @@ def cli(**options: Any) -> None:
         ctx.exit(130)
     except Exception as exc:  # a bug: say where the details are
         LOGGER.debug("unexpected error", exc_info=True)
-        if verbose:
+        if options["verbose"]:
             raise
         click.echo(f"bids_pcs: internal error: {type(exc).__name__}: {exc} "
                    "(rerun with -v for the traceback; the run log has it too).", err=True)

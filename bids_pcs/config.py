@@ -86,6 +86,19 @@ class RegistrationSettings:
 
 
 @dataclass(frozen=True)
+class NipypeSettings:
+    """How Nipype executes the preprocessing workflow.
+
+    ``plugin = "auto"`` picks Linear for one process and MultiProc otherwise;
+    any other Nipype plugin name (e.g. ``"SLURMGraph"``, with ``plugin_args``
+    such as ``{sbatch_args = "--mem=4G"}``) fans the nodes out as it does.
+    """
+
+    plugin: str = "auto"
+    plugin_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class IntensitySettings:
     """Normalisation of crop intensities before they reach the network."""
 
@@ -216,6 +229,7 @@ class Settings:
     template: TemplateSettings = field(default_factory=TemplateSettings)
     crop: CropSettings = field(default_factory=CropSettings)
     registration: RegistrationSettings = field(default_factory=RegistrationSettings)
+    nipype: NipypeSettings = field(default_factory=NipypeSettings)
     intensity: IntensitySettings = field(default_factory=IntensitySettings)
     labels: LabelSettings = field(default_factory=LabelSettings)
     model: ModelSettings = field(default_factory=ModelSettings)

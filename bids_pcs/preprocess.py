@@ -314,14 +314,15 @@ def _run(workflow, settings: Settings) -> Exception | None:
     nipype_level = logging.INFO if settings.run.verbose >= 2 else logging.WARNING
     for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
         logging.getLogger(name).setLevel(nipype_level)
-    if settings.run.nprocs > 1:
-        plugin, args = "MultiProc", {
-            "n_procs": settings.run.nprocs, "raise_insufficient": False,
-            # fresh worker processes: ITK thread pools do not survive a fork
-            "mp_context": "forkserver",
-        }
-    else:
-        plugin, args = "Linear", {}
+    plugin = settings.nipype.plugin
+    if plugin == "auto":
+        plugin = "MultiProc" if settings.run.nprocs > 1 else "Linear"
+    args = dict(settings.nipype.plugin_args)
+    if plugin == "MultiProc":
+        args.setdefault("n_procs", settings.run.nprocs)
+        args.setdefault("raise_insufficient", False)
+        # fresh worker processes: ITK thread pools do not survive a fork
+        args.setdefault("mp_context", "forkserver")
     try:
         workflow.run(plugin=plugin, plugin_args=args)
     except RuntimeError as exc:  # Nipype's "Workflow did not execute cleanly"
