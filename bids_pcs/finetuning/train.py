@@ -45,11 +45,10 @@ from bids_pcs.models.tensor_file import read_tensors
 from bids_pcs.training.distributed import DistContext
 from bids_pcs.training.engine import Engine, TrainConfig, TrainingInterruptedError, TrainResult
 from bids_pcs.training.plots import plot_loss_curve
+from bids_pcs.training.summary import CURVE_NAME, LOG_NAME, training_summary
 
 LOGGER = logging.getLogger(__name__)
 SCRATCH = "scratch"
-LOG_NAME = "training_log.tsv"
-CURVE_NAME = "loss_curve.png"
 VALIDATION_CURVE_NAME = "validation_curve.png"
 MONITOR = "val_score"
 BEST_NAME = "best.safetensors"  # written by the engine beside its checkpoint
@@ -272,7 +271,7 @@ def finetune(settings: Settings, train: LabelledCrops, validation: LabelledCrops
         objective=objective.summary(),
         training_data={**train.summary(), **(data_summary or {}),
                        "validation": validation.summary() if validation is not None else None},
-        training=_training_summary(result, config, context, device),
+        training=training_summary(result, config, context, device),
         metrics=best_metrics,
         extra={"finetuning": {"strategy": strategy_summary, "init": source.summary(),
                               "head_bias_prior": head_prior,
@@ -305,25 +304,3 @@ def _best_metrics(result: TrainResult) -> dict[str, float]:
     out.update({f"final_train_{k}": v for k, v in result.history[-1].items()
                 if k in ("loss", "segmentation", "classification")})
     return out
-
-
-def _training_summary(result: TrainResult, config: TrainConfig, context: DistContext,
-                      device: torch.device) -> dict[str, Any]:
-    return {
-        "epochs": result.epochs_completed,
-        "best_epoch": result.best_epoch + 1 if result.best_epoch is not None else None,
-        "optimizer_steps": result.global_step // config.accumulate_steps,
-        "batch_size_per_process": config.batch_size,
-        "accumulate_steps": config.accumulate_steps,
-        "processes": context.world_size,
-        "device": device.type,
-        "mixed_precision": bool(config.mixed_precision and device.type == "cuda"),
-        "seed": config.seed,
-        "seconds_this_run": round(result.seconds, 2),
-        "crops_per_second": round(result.crops_per_second, 3),
-        "peak_memory_mb": round(result.peak_memory_mb, 1),
-        "trainable_parameters": result.trainable_parameters,
-        "total_parameters": result.total_parameters,
-        "log": LOG_NAME,
-        "loss_curve": CURVE_NAME,
-    }

@@ -40,10 +40,9 @@ from bids_pcs.training.distributed import (
 )
 from bids_pcs.training.engine import Engine, TrainConfig, TrainingInterruptedError, TrainResult
 from bids_pcs.training.plots import plot_loss_curve
+from bids_pcs.training.summary import CURVE_NAME, LOG_NAME, training_summary
 
 LOGGER = logging.getLogger(__name__)
-LOG_NAME = "training_log.tsv"
-CURVE_NAME = "loss_curve.png"
 
 
 @dataclass(frozen=True)
@@ -112,7 +111,7 @@ def _pretrain(settings: Settings, context: DistContext, device: torch.device) ->
     card = model_card(
         settings, network, stage="pretrain", method=method, objective=objective.summary(),
         training_data=training_data_summary(crop_files, settings),
-        training=_training_summary(result, config, context, device),
+        training=training_summary(result, config, context, device),
         metrics=_final_losses(result),
     )
     save_model(model_dir, network, card)
@@ -170,27 +169,6 @@ def training_data_summary(crop_files: list[CropFile], settings: Settings) -> dic
         "hemispheres": dict(Counter(c.hemisphere for c in crop_files)),
         "right_mirrored": settings.crop.mirror_right,
         "images": sorted({c.image.prefix for c in crop_files}),
-    }
-
-
-def _training_summary(result: TrainResult, config: TrainConfig, context: DistContext,
-                      device: torch.device) -> dict[str, Any]:
-    return {
-        "epochs": result.epochs_completed,
-        "optimizer_steps": result.global_step // config.accumulate_steps,
-        "batch_size_per_process": config.batch_size,
-        "accumulate_steps": config.accumulate_steps,
-        "processes": context.world_size,
-        "device": device.type,
-        "mixed_precision": bool(config.mixed_precision and device.type == "cuda"),
-        "seed": config.seed,
-        "seconds_this_run": round(result.seconds, 2),
-        "crops_per_second": round(result.crops_per_second, 3),
-        "peak_memory_mb": round(result.peak_memory_mb, 1),
-        "trainable_parameters": result.trainable_parameters,
-        "total_parameters": result.total_parameters,
-        "log": LOG_NAME,
-        "loss_curve": CURVE_NAME,
     }
 
 

@@ -9,43 +9,22 @@ Usage::
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import Any
 
 import torch
 from torch import nn
 
 from bids_pcs.config import RecipeError
+from bids_pcs.registry import Registry
 from bids_pcs.training.objective import Objective
 
-_REGISTRY: dict[str, type[Objective]] = {}
-_SHARED_MODULES = {"base"}
-
-
-def register(cls: type[Objective]) -> type[Objective]:
-    """Class decorator: make ``cls`` selectable as ``settings.pretrain.method = cls.name``."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} needs a non-empty name")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"two pre-training methods are named {cls.name!r}")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def _discover() -> None:
-    # import every sibling module once, so their @register decorators run
-    import bids_pcs.pretraining as package
-
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.name not in _SHARED_MODULES:
-            importlib.import_module(f"{package.__name__}.{info.name}")
+METHODS: Registry[type[Objective]] = Registry("pre-training method", "bids_pcs.pretraining")
+register = METHODS.register
 
 
 def available_methods() -> list[str]:
     """Names of the pre-training methods."""
-    _discover()
-    return sorted(_REGISTRY)
+    return METHODS.names()
 
 
 def get_objective(method: str, options: dict[str, dict[str, Any]] | dict[str, Any] | None = None,
@@ -60,15 +39,11 @@ def get_objective(method: str, options: dict[str, dict[str, Any]] | dict[str, An
     Returns:
         The objective; call ``objective.setup(network)`` before training.
     """
-    _discover()
-    if method not in _REGISTRY:
-        raise RecipeError(
-            f"Pre-training method {method!r} is unknown; use one of {', '.join(sorted(_REGISTRY))}."
-        )
+    cls = METHODS.get(method)
     options = dict(options or {})
-    if any(name in _REGISTRY for name in options):
+    if any(name in METHODS for name in options):
         options = dict(options.get(method, {}))
-    return _REGISTRY[method](options)
+    return cls(options)
 
 
 class PretextHead(nn.Module):

@@ -18,17 +18,14 @@ Usage::
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from torch import nn
 
-from bids_pcs.config import FinetuneSettings, RecipeError
+from bids_pcs.config import FinetuneSettings
+from bids_pcs.registry import Registry
 
-_REGISTRY: dict[str, type[Strategy]] = {}
-_SHARED_MODULES = {"base"}
 GROUPS: tuple[str, ...] = ("encoder", "decoder", "heads")
 
 
@@ -136,29 +133,20 @@ def frozen_modules(network: nn.Module, trainable: Iterable[str]) -> list[str]:
     return out
 
 
+STRATEGIES: Registry[type[Strategy]] = Registry("fine-tuning strategy",
+                                                 "bids_pcs.finetuning.strategies")
+
+
 def register(cls: type[Strategy]) -> type[Strategy]:
     """Class decorator: make ``cls`` selectable as ``settings.finetune.strategy = cls.name``."""
-    if not cls.name or not cls.definition:
-        raise ValueError(f"{cls.__name__} needs a name and a definition")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"two fine-tuning strategies are named {cls.name!r}")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def _discover() -> None:
-    # import every sibling module once, so their @register decorators run
-    import bids_pcs.finetuning.strategies as package
-
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.name not in _SHARED_MODULES:
-            importlib.import_module(f"{package.__name__}.{info.name}")
+    if not cls.definition:
+        raise ValueError(f"{cls.__name__} needs a definition")
+    return STRATEGIES.register(cls)
 
 
 def available_strategies() -> list[str]:
     """Names of the fine-tuning strategies."""
-    _discover()
-    return sorted(_REGISTRY)
+    return STRATEGIES.names()
 
 
 def get_strategy(name: str, settings: FinetuneSettings | None = None) -> Strategy:
@@ -167,9 +155,4 @@ def get_strategy(name: str, settings: FinetuneSettings | None = None) -> Strateg
     Raises:
         RecipeError: an unknown name.
     """
-    _discover()
-    if name not in _REGISTRY:
-        raise RecipeError(
-            f"Fine-tuning strategy {name!r} is unknown; use one of {', '.join(sorted(_REGISTRY))}."
-        )
-    return _REGISTRY[name](settings)
+    return STRATEGIES.get(name)(settings)
