@@ -320,6 +320,7 @@ def _execute(settings) -> None:
     from bids_pcs.runlog import dump_config, new_run_id, setup_console_logging, start_run_log
 
     setup_console_logging(settings.run.verbose)
+    _keep_caches_in_tmp()
     check_paths(settings)
     check_device(settings.run.device)
     level = settings.run.analysis_level
@@ -352,6 +353,18 @@ def _execute(settings) -> None:
                     + (" ..." if len(images) > 10 else ""))
     module.run(settings)
     LOGGER.info("%s level finished; outputs in %s", level, output_dir)
+
+
+def _keep_caches_in_tmp() -> None:
+    """Point matplotlib's cache into the temporary directory unless the user chose one.
+
+    A run writes only into OUTPUT_DIR, the work dir and the temporary
+    directory; matplotlib would otherwise build its font cache under HOME
+    (which may be read-only, or shared, in containers and on clusters).
+    """
+    if not os.environ.get("MPLCONFIGDIR"):
+        uid = os.getuid() if hasattr(os, "getuid") else "user"
+        os.environ["MPLCONFIGDIR"] = str(Path(tempfile.gettempdir()) / f"bids_pcs-mpl-{uid}")
 
 
 def _set_threads(n: int) -> None:

@@ -15,6 +15,25 @@ class InputDataError(BidsPcsError):
     """The BIDS dataset, a label dataset or an image cannot be used."""
 
 
+class ImageError(InputDataError):
+    """One T1w image cannot be used; the others of a run may still go through.
+
+    Args:
+        path: the image file.
+        reason: what is wrong, as a short phrase (``"is an empty file"``), so a
+            summary of many images can read ``sub-02 is an empty file``.
+        fix: what the user should do, as a short phrase.
+
+    ``str()`` is the full sentence: ``Image <path> <reason>; <fix>.``
+    """
+
+    def __init__(self, path: object, reason: str, fix: str) -> None:
+        self.path = path
+        self.reason = reason
+        self.fix = fix
+        super().__init__(f"Image {path} {reason}; {fix}.")
+
+
 class OutputError(BidsPcsError):
     """The output or work directory cannot be written as asked."""
 

@@ -8,7 +8,11 @@ image.  Levels then use :func:`load_crop` for the network's input and
 :func:`crop_to_native` to bring predictions back to the T1w grid.
 
 A failed registration QC is never hidden: the image is returned with
-``qc_passed == False`` (and logged), and callers must skip it.
+``qc_passed == False`` (and logged), and callers must skip it. An image that
+cannot be preprocessed at all (unreadable, not 3D, NaN voxels, a field of view
+without a head...) does not stop the others: every other image is
+preprocessed and written, then :class:`PreprocessingError` names each failed
+image and why (like fMRIPrep, the run ends non-zero once all work is done).
 
 Usage::
 
@@ -19,10 +23,13 @@ Usage::
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import re
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,18 +39,36 @@ import nibabel as nib
 import numpy as np
 
 from bids_pcs.config import HEMISPHERES, Settings
-from bids_pcs.errors import BidsPcsError
+from bids_pcs.errors import BidsPcsError, ImageError
 from bids_pcs.io.bids_input import T1wImage
 from bids_pcs.io.derivatives import crop_path, derivative_path, xfm_path
-from bids_pcs.io.nifti import load_t1w
+from bids_pcs.io.nifti import QFORM_SFORM_TOLERANCE_MM, load_t1w, qform_sform_mismatch_mm
 from bids_pcs.spatial.template import TEMPLATE_NAME
 
 LOGGER = logging.getLogger("bids_pcs.preprocess")
 TRANSFORM_EXTENSION = ".h5"  # ANTs composite: affine, or affine + warp when deformable
+# "Node: bids_pcs_preproc_wf.<image>_wf.<node>" opens every Nipype crash file
+_CRASH_NODE = re.compile(r"^Node: [^.]+\.(?P<workflow>[^.]+)\.(?P<node>\S+)")
+# the last "SomeError: message" line of a crash file is the original exception
+_CRASH_EXCEPTION = re.compile(
+    r"^\s*(?:[\w.]+\.)?(?P<type>\w*(?:Error|Exception)): (?P<message>.+)$")
 
 
 class PreprocessingError(BidsPcsError):
-    """The preprocessing workflow crashed for some images."""
+    """Some images could not be preprocessed; every other image's outputs are written.
+
+    Args:
+        message: one sentence naming each failed image and why.
+        done: the images that were preprocessed, in the order asked (callers
+            such as the participant level's inference go on with them).
+        failed: BIDS prefix -> reason, for each image that was not.
+    """
+
+    def __init__(self, message: str, done: Sequence[PreprocessedImage] = (),
+                 failed: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.done = list(done)
+        self.failed = dict(failed or {})
 
 
 @dataclass(frozen=True)
@@ -140,8 +165,10 @@ def preprocess_images(
             reusing it makes a rerun recompute nothing already done.
 
     Raises:
-        PreprocessingError: when the workflow crashed for some images (their
-            crash files are named); the other images' outputs are kept.
+        PreprocessingError: when some images could not be preprocessed (an
+            unusable file, or a crash in the workflow: the reason is read from
+            its crash file); raised after every other image is done, and
+            carrying their results (``done``).
     """
     from bids_pcs.spatial.antsio import set_itk_threads
 
@@ -149,39 +176,191 @@ def preprocess_images(
     output_dir = Path(output_dir or settings.run.output_dir).absolute()
     done: dict[T1wImage, PreprocessedImage] = {}
     todo: list[T1wImage] = []
+    failed: dict[T1wImage, str] = {}
     for image in images:
         existing = load_preprocessed(settings, image, output_dir)
-        if existing is None:
-            load_t1w(image.path, check_data=False)  # one clear error before any work
-            todo.append(image)
-        else:
+        if existing is not None:
             LOGGER.info("%s: preprocessing outputs exist, skipped", image.prefix)
             done[image] = existing
+            continue
+        try:
+            # the header only: a clear error at once, and no voxel read twice (the
+            # workflow's first node checks the data, in parallel)
+            _check_header(image)
+        except ImageError as exc:
+            LOGGER.error("%s: %s", image.prefix, exc)
+            failed[image] = exc.reason
+            continue
+        todo.append(image)
+    error: Exception | None = None
+    crash_dir: Path | None = None
     if todo:
         work = _work_dir(settings, work_dir)
-        LOGGER.info("Preprocessing %d image(s) (work dir %s)", len(todo), work)
-        workflow = init_preproc_meta_wf(settings, todo, output_dir, work)
-        error = _run(workflow, settings)
-        failed = []
-        for image in todo:
-            result = load_preprocessed(settings, image, output_dir)
-            if result is None:
-                failed.append(image.prefix)
-            else:
-                done[image] = result
-        if failed:
-            raise PreprocessingError(
-                f"Preprocessing failed for {', '.join(failed)}; see the crash files in "
-                f"{work / 'crash'} and rerun (finished images are kept)."
-            ) from error
-    results = [done[image] for image in images]
+        crash_dir = work / "crash"
+        error = _preprocess_locked(settings, todo, output_dir, work, done, failed)
+    results = [done[image] for image in images if image in done]
     for item in results:
         if not item.qc_passed:
             LOGGER.warning(
                 "%s: registration QC FAILED (correlation %s < %s); its crops are marked "
                 "failed in %s and are not used.", item.image.prefix,
                 item.qc.get("MinCorrelation"), item.qc.get("Threshold"), item.qc_file.name)
+    if failed:
+        in_order = {image: failed[image] for image in images if image in failed}
+        raise PreprocessingError(
+            _failure_summary(images, in_order, crash_dir), done=results,
+            failed={image.prefix: reason for image, reason in in_order.items()},
+        ) from error
     return results
+
+
+def _preprocess_locked(settings: Settings, todo: list[T1wImage], output_dir: Path, work: Path,
+                       done: dict[T1wImage, PreprocessedImage],
+                       failed: dict[T1wImage, str]) -> Exception | None:
+    """Run the workflow on ``todo``, one run per image at a time; fill ``done`` and ``failed``.
+
+    Two runs on the same OUTPUT_DIR share its default work dir, where two
+    Nipype runs of one image would overwrite each other's node folders. Each
+    image is therefore locked (``flock`` on ``WORK/locks/<prefix>.lock``,
+    released by the kernel even on SIGKILL): a run preprocesses the images it
+    can lock, then waits for the others and takes over any that the other run
+    did not finish. No lock is held while waiting, so runs cannot deadlock.
+    """
+    error: Exception | None = None
+    pending = list(todo)
+    while pending:
+        with _ImageLocks(work / "locks") as locks:
+            mine = [image for image in pending if locks.try_lock(image.prefix)]
+            if mine:
+                LOGGER.info("Preprocessing %d image(s) (work dir %s)", len(mine), work)
+                error = _preprocess_batch(settings, mine, output_dir, work, done, failed) or error
+        waiting = [image for image in pending if image not in mine]
+        pending = []
+        for image in waiting:
+            LOGGER.info("%s: another run is preprocessing it; waiting for it", image.prefix)
+            with _ImageLocks(work / "locks") as locks:
+                locks.wait_lock(image.prefix)
+                result = load_preprocessed(settings, image, output_dir)
+            if result is not None:
+                done[image] = result
+            else:  # that run died or failed on it: try it here, in the next round
+                pending.append(image)
+    return error
+
+
+def _preprocess_batch(settings: Settings, images: list[T1wImage], output_dir: Path, work: Path,
+                      done: dict[T1wImage, PreprocessedImage],
+                      failed: dict[T1wImage, str]) -> Exception | None:
+    """One Nipype run over ``images``; each ends in ``done`` or, with its reason, ``failed``."""
+    crash_dir = work / "crash"
+    workflow = init_preproc_meta_wf(settings, images, output_dir, work)
+    started = time.time()
+    error = _run(workflow, settings)
+    reasons = _crash_reasons(crash_dir, since=started)
+    for image in images:
+        result = load_preprocessed(settings, image, output_dir)
+        if result is not None:
+            done[image] = result
+            continue
+        reason = (reasons.get(_workflow_name(image))
+                  or "failed in the preprocessing workflow (no crash file found)")
+        failed[image] = _short_reason(reason, image)
+        LOGGER.error("%s: preprocessing failed: %s (crash file in %s)", image.prefix,
+                     reason, crash_dir)
+    return error
+
+
+class _ImageLocks:
+    """Exclusive per-image ``flock`` locks in one folder, all released on exit."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._held: list[int] = []
+
+    def __enter__(self) -> _ImageLocks:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self._held:
+            os.close(fd)  # closing the file releases its lock
+        self._held.clear()
+
+    def try_lock(self, name: str) -> bool:
+        return self._lock(name, blocking=False)
+
+    def wait_lock(self, name: str) -> None:
+        self._lock(name, blocking=True)
+
+    def _lock(self, name: str, blocking: bool) -> bool:
+        fd = os.open(self.folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._held.append(fd)
+        return True
+
+
+def _check_header(image: T1wImage) -> None:
+    """Refuse an unusable image (:class:`ImageError`); warn about a qform/sform mismatch."""
+    img = load_t1w(image.path, check_data=False)
+    mismatch = qform_sform_mismatch_mm(img)
+    if mismatch > QFORM_SFORM_TOLERANCE_MM:
+        LOGGER.warning(
+            "%s: the qform and sform of %s disagree by up to %.0f mm; the sform is used "
+            "throughout, as nibabel does (check the image in a viewer if in doubt).",
+            image.prefix, image.path.name, mismatch)
+
+
+def _crash_reasons(crash_dir: Path, since: float) -> dict[str, str]:
+    """Per image workflow name, the exception of its first crash file written after ``since``."""
+    reasons: dict[str, str] = {}
+    if not crash_dir.is_dir():
+        return reasons
+    for path in sorted(crash_dir.glob("crash-*.txt"), key=lambda p: p.stat().st_mtime):
+        if path.stat().st_mtime < since - 1:  # crash files of earlier runs
+            continue
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        node = _CRASH_NODE.match(lines[0]) if lines else None
+        if node is None or node["workflow"] in reasons:
+            continue
+        # Nipype's own wrapper says nothing about the cause: skip it
+        messages = [m for m in map(_CRASH_EXCEPTION.match, lines)
+                    if m and m["type"] != "NodeExecutionError"]
+        if messages:
+            last = messages[-1]
+            # an ImageError already says everything; anything else: say where it happened
+            reasons[node["workflow"]] = (
+                last["message"].strip() if last["type"] == "ImageError"
+                else f"failed at {node['node']} ({last['type']}: {last['message'].strip()})")
+    return reasons
+
+
+def _short_reason(reason: str, image: T1wImage) -> str:
+    """``"Image /x/sub-01_T1w.nii.gz is constant (0); replace it."`` -> ``"is constant (0)"``."""
+    head = f"Image {image.path} "
+    if reason.startswith(head):
+        return reason[len(head):].rsplit("; ", 1)[0]
+    return reason
+
+
+def _failure_summary(images: Sequence[T1wImage], failed: dict[T1wImage, str],
+                     crash_dir: Path | None) -> str:
+    """One sentence for a run where ``failed`` images could not be preprocessed."""
+    if len(images) == 1:
+        where = f" (crash file in {crash_dir})" if crash_dir is not None else ""
+        (image, reason), = failed.items()
+        return (f"Image {image.path} {reason}; fix or replace it and rerun{where}.")
+    listed = "; ".join(f"{image.prefix} {reason}" for image, reason in failed.items())
+    crash = f"; crash files are in {crash_dir}" if crash_dir is not None else ""
+    return (f"{len(failed)} of {len(images)} T1w images could not be preprocessed ({listed}); "
+            f"the other images' outputs are written: fix or remove these images and rerun "
+            f"(the log names each file{crash}).")
 
 
 def init_preproc_meta_wf(settings: Settings, images: Sequence[T1wImage], output_dir: Path,
@@ -326,6 +505,8 @@ def _run(workflow, settings: Settings) -> Exception | None:
     try:
         workflow.run(plugin=plugin, plugin_args=args)
     except RuntimeError as exc:  # Nipype's "Workflow did not execute cleanly"
-        LOGGER.error("Preprocessing workflow reported errors: %s", exc)
+        # the failed images and their reasons are reported one by one by the caller;
+        # Nipype's full tracebacks stay in the log file and the crash files
+        LOGGER.debug("Preprocessing workflow reported errors: %s", exc)
         return exc
     return None

@@ -39,11 +39,19 @@ def setup_console_logging(verbose: int) -> None:
     handler._bids_pcs_console = True  # type: ignore[attr-defined]
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s: %(message)s", "%H:%M:%S"))
     handler.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not verbose:
+        # Nipype logs every crashed node with its whole traceback; the console gets one
+        # line per failed image from bids_pcs instead (the log file keeps it all)
+        handler.addFilter(_not_nipype)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
     # nipype and friends are chatty at INFO; keep their detail for the log file
     for name in ("nipype", "nipype.workflow", "nipype.interface", "bids", "matplotlib", "PIL"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
+
+
+def _not_nipype(record: logging.LogRecord) -> bool:
+    return not record.name.startswith("nipype")
 
 
 def start_run_log(output_dir: Path, level: str, run_id: str) -> Path:

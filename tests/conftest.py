@@ -29,3 +29,33 @@ def run_cli(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProc
     """Run ``bids_pcs`` in a fresh interpreter, as a user would."""
     cmd = [sys.executable, "-m", "bids_pcs.cli", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+# ------------------------------------------------ reliability: bad inputs tried
+# Every test that feeds the app a bad input (a broken image, a hostile model file,
+# a kill signal...) says so, with the ``bad_input`` marker or fixture; the
+# terminal summary then reports how many were tried (issue 10, docs/reliability.md).
+_BAD_INPUTS: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "bad_input(*names): the test tries these bad inputs (counted in the summary)")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker in item.iter_markers("bad_input"):
+        _BAD_INPUTS.extend(str(name) for name in marker.args)
+
+
+@pytest.fixture
+def bad_input():
+    """Call with the names of the bad inputs a test tries: ``bad_input("image:empty")``."""
+    return lambda *names: _BAD_INPUTS.extend(names)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if _BAD_INPUTS:
+        terminalreporter.write_line(
+            f"reliability: {len(_BAD_INPUTS)} bad inputs tried "
+            f"({len(set(_BAD_INPUTS))} distinct)")

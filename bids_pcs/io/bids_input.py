@@ -15,7 +15,7 @@ from bids_pcs.errors import InputDataError
 
 # BIDS labels are alphanumeric; anything else (such as "../x") is refused
 # before it can reach a path.
-_LABEL = re.compile(r"^[A-Za-z0-9]+$")
+_LABEL = re.compile(r"[A-Za-z0-9]+")
 # entities that may distinguish T1w images of one participant, in BIDS order
 _UNIT_ENTITIES: tuple[tuple[str, str], ...] = (
     ("acquisition", "acq"),
@@ -69,7 +69,8 @@ class T1wImage:
 def normalise_label(value: str, prefix: str) -> str:
     """``"sub-01"`` or ``"01"`` -> ``"01"``; refuse anything that is not a BIDS label."""
     label = value[len(prefix) + 1:] if value.startswith(f"{prefix}-") else value
-    if not _LABEL.match(label):
+    # fullmatch: with match, "$" would also accept a label ending in a newline
+    if not _LABEL.fullmatch(label):
         raise InputDataError(
             f"{prefix}-label {value!r} is not a valid BIDS label (letters and digits only)."
         )

@@ -9,17 +9,24 @@ Every file goes through :mod:`bids_pcs.io.atomic`.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bids_pcs import APP_NAME, CODE_URL, __version__
 from bids_pcs.errors import OutputError
-from bids_pcs.io.atomic import write_json, write_text
+from bids_pcs.io.atomic import remove_stale_temporaries, write_json, write_text
 from bids_pcs.io.bids_input import T1wImage
 
+LOGGER = logging.getLogger("bids_pcs.derivatives")
 BIDS_VERSION = "1.10.0"
+# entity values and suffixes are BIDS labels: a "_", "-", "." or "/" in one
+# would change how the name parses, or where the file goes
+_VALUE = re.compile(r"[A-Za-z0-9]+")
+_EXTENSION = re.compile(r"(\.[A-Za-z0-9]+)+")
 
 # derivative entities in BIDS schema order (after the raw ones that name the
 # source image); "from", "to" and "mode" name transforms (BEP014 draft).
@@ -93,7 +100,9 @@ def init_derivatives(output_dir: Path, bids_dir: Path | None = None) -> Path:
     """Create OUTPUT_DIR and its dataset-level files; safe to call from concurrent runs.
 
     Files are rewritten atomically with identical content, so several runs
-    started at once all end with one valid dataset_description.json.
+    started at once all end with one valid dataset_description.json. Partial
+    files of killed runs are removed (see
+    :func:`bids_pcs.io.atomic.remove_stale_temporaries`).
     """
     output_dir = Path(output_dir)
     try:
@@ -106,6 +115,9 @@ def init_derivatives(output_dir: Path, bids_dir: Path | None = None) -> Path:
             f"OUTPUT_DIR {output_dir} is not writable ({exc.strerror}); "
             "choose a directory you can write to."
         ) from exc
+    # temporary files of runs killed before their rename (SIGKILL, OOM killer, node loss)
+    for stale in remove_stale_temporaries(output_dir):
+        LOGGER.info("Removed %s, a partial file left by a run that was killed.", stale)
     sources = None
     if bids_dir is not None:
         uri = Path(bids_dir).absolute().as_uri()
@@ -158,10 +170,15 @@ def derivative_name(source: T1wImage, *, suffix: str, extension: str,
                          "probseg_path(), which put the hemisphere in desc- or label-")
     if unknown:
         raise ValueError(f"unknown derivative entities: {sorted(unknown)}")
+    for key, value in [*cleaned.items(), ("suffix", suffix)]:
+        if not _VALUE.fullmatch(str(value)):
+            raise ValueError(f"{key} {value!r} is not a BIDS label (letters and digits only)")
     parts = [source.prefix]
     parts += [f"{key}-{cleaned[key]}" for key in _DERIVATIVE_ENTITY_ORDER if key in cleaned]
     if not extension.startswith("."):
         extension = "." + extension
+    if not _EXTENSION.fullmatch(extension):
+        raise ValueError(f"extension {extension!r} is not a file extension such as .nii.gz")
     return "_".join(parts) + f"_{suffix}{extension}"
 
 

@@ -9,70 +9,112 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bids_pcs.errors import InputDataError
+from bids_pcs.errors import ImageError
 
 # a T1w larger than this many voxels is refused before its data is read, so a
-# corrupt header cannot make a run allocate an absurd amount of memory
+# corrupt header cannot make a run allocate an absurd amount of memory (at
+# most 512 MiB of float32 voxels per image in memory)
 MAX_VOXELS = 512 * 512 * 512
+MIN_SIDE = 8  # voxels along every axis
+# plausible MRI voxel sizes; anything else is a broken header (or not MRI)
+MIN_VOXEL_MM = 0.05
+MAX_VOXEL_MM = 10.0
+# qform and sform farther apart than this (mm) earn a warning
+QFORM_SFORM_TOLERANCE_MM = 1.0
 
 
 def load_t1w(path: str | Path, *, check_data: bool = True) -> nib.Nifti1Image:
-    """Open ``path`` as a 3D T1w NIfTI image, or raise :class:`InputDataError`.
+    """Open ``path`` as a 3D T1w NIfTI image, or raise :class:`ImageError` naming the file.
 
-    With ``check_data`` the voxel data is read and must be finite and not
+    The header is checked before any voxel is read (dimensions, size, voxel
+    sizes, affine), so a corrupt or hostile header costs no memory. With
+    ``check_data`` the voxel data is read and must be complete, finite and not
     constant; 4D images with a single volume are squeezed to 3D.
+
+    The affine is nibabel's: the sform when its code is set, else the qform
+    (see :func:`qform_sform_mismatch_mm` for images whose two disagree).
     """
     path = Path(path)
     if not path.is_file():
-        raise InputDataError(f"Image {path} does not exist.")
+        raise ImageError(path, "does not exist", "check the dataset")
     if path.stat().st_size == 0:
-        raise InputDataError(f"Image {path} is an empty file; replace it with a valid NIfTI image.")
+        raise ImageError(path, "is an empty file", "replace it with a valid NIfTI image")
     try:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for corrupt files
-        raise InputDataError(
-            f"Image {path} is not a readable NIfTI file ({_short(exc)}); replace or remove it."
-        ) from exc
+        raise ImageError(path, f"is not a readable NIfTI file ({_short(exc, path)})",
+                         "replace or remove it") from exc
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-        raise InputDataError(f"Image {path} is not a NIfTI image; convert it to NIfTI.")
-    shape = img.shape
+        raise ImageError(path, f"is not a NIfTI image ({type(img).__name__})",
+                         "convert it to NIfTI")
+    shape = tuple(int(n) for n in img.shape)
     if len(shape) == 4 and shape[3] == 1:
-        img = nib.Nifti1Image(np.asanyarray(img.dataobj)[..., 0], img.affine, img.header)
-        shape = img.shape
+        shape = shape[:3]
     if len(shape) != 3:
-        raise InputDataError(
-            f"Image {path} has {len(shape)} dimensions {tuple(shape)}; a T1w image must be 3D."
-        )
-    if min(shape) < 8:
-        raise InputDataError(f"Image {path} is too small ({tuple(shape)} voxels) to hold a brain.")
+        raise ImageError(path, f"has {len(shape)} dimensions {shape}",
+                         "a T1w image must be 3D (one volume)")
+    if min(shape) < MIN_SIDE:
+        raise ImageError(path, f"is too small ({shape} voxels) to hold a brain",
+                         "check that it is a whole-head T1w image")
     if int(np.prod(shape)) > MAX_VOXELS:
-        raise InputDataError(
-            f"Image {path} has {int(np.prod(shape))} voxels, more than the {MAX_VOXELS} "
-            "this app accepts; resample it to about 1 mm first."
-        )
-    zooms = img.header.get_zooms()[:3]
-    if not all(np.isfinite(zooms)) or min(zooms) <= 0.05 or max(zooms) > 10:
-        raise InputDataError(
-            f"Image {path} has implausible voxel sizes {tuple(float(z) for z in zooms)} mm."
-        )
-    if not np.all(np.isfinite(img.affine)) or abs(np.linalg.det(img.affine[:3, :3])) < 1e-6:
-        raise InputDataError(f"Image {path} has an invalid (singular) affine in its header.")
-    if check_data:
-        try:
-            data = np.asanyarray(img.dataobj, dtype=np.float32)
-        except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
-            raise InputDataError(
-                f"Image {path} is truncated or corrupt ({_short(exc)}); replace it."
-            ) from exc
-        if not np.all(np.isfinite(data)):
-            raise InputDataError(f"Image {path} contains NaN or infinite voxel values.")
-        if float(data.max()) == float(data.min()):
-            raise InputDataError(f"Image {path} is constant (all voxels {float(data.min())}).")
-        img = nib.Nifti1Image(data, img.affine, img.header)
-        img.header.set_data_dtype(np.float32)
-    return img
+        raise ImageError(path, f"has {int(np.prod(shape))} voxels, more than the {MAX_VOXELS} "
+                         "this app accepts", "resample it to about 1 mm first")
+    affine = img.affine
+    # the affine, not pixdim, is what every later step uses: check the voxel sizes it implies
+    voxel_mm = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    # axes (nearly) parallel or of zero length: |det| is tiny next to the product of sizes
+    if (not np.all(np.isfinite(affine)) or not np.all(voxel_mm > 0)
+            or abs(np.linalg.det(affine[:3, :3])) < 1e-3 * float(np.prod(voxel_mm))):
+        raise ImageError(path, "has an invalid (singular or non-finite) affine in its header",
+                         "fix its sform/qform")
+    voxel_mm = tuple(float(v) for v in voxel_mm)
+    if min(voxel_mm) < MIN_VOXEL_MM or max(voxel_mm) > MAX_VOXEL_MM:
+        raise ImageError(path, f"has implausible voxel sizes "
+                         f"{tuple(round(v, 4) for v in voxel_mm)} mm",
+                         f"T1w voxels must be {MIN_VOXEL_MM} to {MAX_VOXEL_MM} mm; "
+                         "fix the header or resample the image")
+    if not check_data:
+        if len(img.shape) == 4:
+            img = img.slicer[..., 0]
+        return img
+    try:
+        data = np.asanyarray(img.dataobj, dtype=np.float32).reshape(shape)
+    except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
+        raise ImageError(path, f"is truncated or corrupt ({_short(exc, path)})",
+                         "replace it with a complete copy") from exc
+    if not np.all(np.isfinite(data)):
+        raise ImageError(path, "contains NaN or infinite voxel values",
+                         "fix or replace the image")
+    if float(data.max()) == float(data.min()):
+        raise ImageError(path, f"is constant (all voxels {float(data.min()):g})",
+                         "replace it with a valid T1w image")
+    out = nib.Nifti1Image(data, affine, img.header)
+    out.header.set_data_dtype(np.float32)
+    return out
 
 
-def _short(exc: Exception) -> str:
+def qform_sform_mismatch_mm(img: nib.Nifti1Image) -> float:
+    """Largest distance (mm) between where the qform and the sform put a corner voxel.
+
+    0 when either is unset (code 0). Viewers and tools differ in which of the
+    two they trust, so a mismatch deserves a warning even though this app uses
+    the sform throughout (nibabel's choice, as in fMRIPrep).
+    """
+    header = img.header
+    if not isinstance(header, nib.Nifti1Header):
+        return 0.0
+    qform, qcode = header.get_qform(coded=True)
+    sform, scode = header.get_sform(coded=True)
+    if qform is None or sform is None or not qcode or not scode:
+        return 0.0
+    corners = np.array([[i, j, k, 1.0] for i in (0, img.shape[0] - 1)
+                        for j in (0, img.shape[1] - 1) for k in (0, img.shape[2] - 1)]).T
+    return float(np.abs((qform @ corners) - (sform @ corners)).max())
+
+
+def _short(exc: Exception, path: Path | None = None) -> str:
+    """The first line of an exception's text (the file's name instead of its whole path)."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if path is not None:
+        text = text.replace(str(path), path.name)
     return text[:160]

@@ -8,6 +8,10 @@ With ``--model DIR`` the model is checked first (fine-tuned, same template,
 crop geometry and classes, weights matching their SHA-256), before any
 registration; after preprocessing, :func:`bids_pcs.inference.infer_images`
 writes the PCS derivatives and each participant gets its HTML report.
+
+Images that cannot be preprocessed (unreadable, not 3D, NaN voxels...) do not
+stop the others: every other image is preprocessed (and inferred), then the
+run ends with one error naming each failed image (exit 1).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 
 from bids_pcs.config import Settings
 from bids_pcs.io.bids_input import collect_t1w
-from bids_pcs.preprocess import PreprocessedImage, preprocess_images
+from bids_pcs.preprocess import PreprocessedImage, PreprocessingError, preprocess_images
 
 LOGGER = logging.getLogger("bids_pcs.participant")
 
@@ -33,12 +37,22 @@ def run(settings: Settings) -> None:
     images = collect_t1w(Path(settings.run.bids_dir), settings.run.participant_label,
                          settings.run.session_label)
     LOGGER.info("participant level: %d T1w image(s)", len(images))
-    preprocessed = preprocess_images(settings, images)
-    failed = [item.image.prefix for item in preprocessed if not item.qc_passed]
-    LOGGER.info("Preprocessed %d image(s); %d failed registration QC%s", len(preprocessed),
-                len(failed), f" ({', '.join(failed)})" if failed else "")
-    if settings.run.model:
+    try:
+        preprocessed = preprocess_images(settings, images)
+        unusable: PreprocessingError | None = None
+    except PreprocessingError as exc:
+        # one bad image must not cost the others their results: finish them, then fail
+        preprocessed, unusable = exc.done, exc
+    qc_failed = [item.image.prefix for item in preprocessed if not item.qc_passed]
+    LOGGER.info("Preprocessed %d of %d image(s); %d failed registration QC%s%s",
+                len(preprocessed), len(images), len(qc_failed),
+                f" ({', '.join(qc_failed)})" if qc_failed else "",
+                f"; {len(unusable.failed)} could not be preprocessed "
+                f"({', '.join(unusable.failed)})" if unusable else "")
+    if settings.run.model and preprocessed:
         infer(settings, preprocessed)
+    if unusable is not None:
+        raise unusable
 
 
 def infer(settings: Settings, preprocessed: Sequence[PreprocessedImage]) -> None:

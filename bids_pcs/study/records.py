@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from bids_pcs.io.atomic import write_json
 from bids_pcs.study.plan import Configuration, Pretraining
@@ -70,5 +73,18 @@ def read_done(path: Path, key: str) -> dict[str, Any] | None:
 
 
 def write_record(path: Path, record: dict[str, Any]) -> Path:
-    """Write a job's record atomically (whole or not at all)."""
-    return write_json(path, record)
+    """Write a job's record atomically (whole or not at all), NaN written as ``null``."""
+    return write_json(path, plain_json(record))
+
+
+def plain_json(value: Any) -> Any:
+    """``value`` with NaN and infinities replaced by ``None`` (standard JSON has neither)."""
+    if isinstance(value, dict):
+        return {str(k): plain_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain_json(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

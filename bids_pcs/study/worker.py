@@ -1,0 +1,207 @@
+"""One study job in its own process: ``python -m bids_pcs.study.worker JOB.json``.
+
+The study level writes a job file (settings, the crop cache, the split, what
+to run and where to write) and starts this entry point in a fresh
+interpreter, so the job's peak memory and its time are its own and nothing of
+an earlier job (allocator caches, imported modules, threads) is counted.
+
+Two kinds of job:
+
+- ``pretrain``: self-supervised training with one method on the training
+  participants' crops of a split (never validation or test crops); writes the
+  model directory and a record with time and memory;
+- ``finetune``: one configuration: fine-tunes from scratch or from a
+  pre-trained model on the training crops, keeps the best epoch on the
+  validation crops, predicts the test crops and writes a record with time,
+  memory, parameter counts and one row per test crop.
+
+The record is written atomically at the very end, so a crash leaves nothing
+that could be mistaken for a result.  Exit status: 0 done, 1 failed (the
+reason is in the job's log, ``OUTPUT_DIR/logs/study-<job>_<run id>.log``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bids_pcs import __version__
+from bids_pcs.config import Settings, settings_from_dict
+from bids_pcs.errors import BidsPcsError
+from bids_pcs.study.crops import CropCache, read_labelled_crops
+from bids_pcs.study.memory import current_memory_mb, memory_kind, peak_memory_mb
+from bids_pcs.study.records import write_record
+from bids_pcs.study.split import StudySplit
+
+LOGGER = logging.getLogger("bids_pcs.study.worker")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the job described by the JSON file given as the only argument."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m bids_pcs.study.worker JOB.json", file=sys.stderr)
+        return 2
+    job = json.loads(Path(args[0]).read_text())
+    settings = settings_from_dict(job["settings"])
+    _start_logging(settings, job["name"])
+    torch.set_num_threads(settings.run.omp_nthreads)
+    try:
+        if job["kind"] == "pretrain":
+            record = run_pretraining(job, settings)
+        elif job["kind"] == "finetune":
+            record = run_configuration(job, settings)
+        else:
+            raise ValueError(f"unknown study job kind {job['kind']!r}")
+    except BidsPcsError as exc:
+        LOGGER.error("%s failed: %s", job["name"], exc)
+        return exc.exit_code
+    except Exception:  # a bug: keep the traceback in the job's log
+        LOGGER.exception("%s failed with an internal error", job["name"])
+        return 1
+    write_record(Path(job["record"]), record)
+    return 0
+
+
+def run_pretraining(job: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Pre-train ``job["method"]`` on the split's training crops; return the record."""
+    from bids_pcs.devices import resolve_device
+    from bids_pcs.pretraining.train import pretrain
+
+    split = StudySplit.from_dict(job["split"])
+    cache = CropCache.from_dict(job["crops"])
+    train = read_labelled_crops(cache).select(split.train)
+    device = resolve_device(settings.run.device)
+    settings = settings.replace(pretrain={"method": job["method"]}, run={"resume": False})
+    baseline = current_memory_mb(device)
+    result = pretrain(settings, train.crops, model_dir=job["model_dir"], device=device,
+                      progress=sys.stderr.isatty(),
+                      training_data={**train.summary(), "study_fold": split.fold,
+                                     "split_part": "train"})
+    history = result.train.history
+    record = _common(job, device) | {
+        "method": job["method"],
+        "seconds": result.train.seconds,
+        "seconds_per_epoch": _mean([row["seconds"] for row in history]),
+        "epochs": result.train.epochs_completed,
+        "baseline_memory_mb": baseline,
+        "peak_memory_mb": peak_memory_mb(device),
+        "final_loss": history[-1]["loss"] if history else None,
+        "n_crops": len(train),
+        "n_participants": len(train.participants),
+        "model_dir": job["model_dir"],
+        "model_sha256": result.card.get("weights", {}).get("sha256"),
+    }
+    LOGGER.info("%s done in %.1f s (peak memory %.0f MiB).", job["name"], record["seconds"],
+                record["peak_memory_mb"])
+    return record
+
+
+def run_configuration(job: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Fine-tune one configuration, predict its test crops; return the record."""
+    from bids_pcs.devices import resolve_device
+    from bids_pcs.finetuning import finetune, predict_crops, score_predictions
+
+    split = StudySplit.from_dict(job["split"])
+    labelled = read_labelled_crops(CropCache.from_dict(job["crops"]))
+    train = labelled.select(split.train)
+    validation = labelled.select(split.validation) if split.validation else None
+    test = labelled.select(split.test)
+    device = resolve_device(settings.run.device)
+    settings = settings.replace(finetune={"strategy": job["strategy"]},
+                                run={"resume": False, "model_name": ""})
+    ft = settings.finetune
+    baseline = current_memory_mb(device)
+    result = finetune(settings, train, validation, job["init"], model_dir=job["model_dir"],
+                      device=device, progress=sys.stderr.isatty(),
+                      data_summary={"study": {"fold": split.fold, "split": split.to_dict()}})
+    peak = peak_memory_mb(device)  # before prediction: the training's own peak
+    predictions = predict_crops(result.network.to(device), test.crops,
+                                batch_size=ft.batch_size, device=device,
+                                threshold=settings.inference.threshold)
+    weights = (ft.segmentation_weight, ft.classification_weight)
+    history = result.train.history
+    strategy = result.strategy
+    record = _common(job, device) | {
+        "method": job["method"],
+        "strategy": job["strategy"],
+        "init": job["init"],
+        "pretraining": job.get("pretraining"),
+        "finetune_seconds": result.train.seconds,
+        "seconds_per_epoch": _mean([row["seconds"] for row in history]),
+        "epochs": result.train.epochs_completed,
+        "best_epoch": (result.train.best_epoch + 1 if result.train.best_epoch is not None
+                       else None),
+        "baseline_memory_mb": baseline,
+        "peak_memory_mb": peak,
+        "trainable_parameters": strategy["trainable_parameters"],
+        "training_parameters": strategy["total_parameters"],
+        "total_parameters": strategy["base_parameters"],
+        "trainable_fraction": strategy["trainable_fraction"],
+        "validation": result.metrics,
+        "test_scores": score_predictions(predictions, test, weights=weights, prefix="test_"),
+        "test_rows": crop_rows(predictions, test, settings.crop.voxel_mm,
+                               settings.labels.classes),
+        "n_train_participants": len(split.train),
+        "n_validation_participants": len(split.validation),
+        "n_test_participants": len(split.test),
+        "model_dir": job["model_dir"],
+    }
+    LOGGER.info("%s done: fine-tuning %.1f s, peak memory %.0f MiB, test Dice %.3f.",
+                job["name"], record["finetune_seconds"], peak,
+                record["test_scores"]["test_dice"])
+    return record
+
+
+def crop_rows(predictions: Any, test: Any, voxel_mm: float,
+              classes: tuple[str, ...]) -> list[dict[str, Any]]:
+    """One row per test crop: who, true class, class probabilities, Dice and HD95 (mm)."""
+    from bids_pcs import metrics
+
+    truth_masks = test.crops.targets["segmentation"].numpy().astype(bool)
+    truth_classes = test.crops.targets["classification"].numpy()
+    spacing = (voxel_mm,) * 3
+    rows = []
+    for k, item in enumerate(test.info):
+        predicted, truth = predictions.masks[k], truth_masks[k]
+        rows.append({
+            "crop": item.name, "participant": item.subject, "session": item.session,
+            "hemisphere": item.hemisphere, "true_class": classes[int(truth_classes[k])],
+            "probabilities": [float(p) for p in predictions.probabilities[k]],
+            "dice": metrics.dice(predicted, truth),
+            "hd95_mm": metrics.hd95(predicted, truth, spacing=spacing),
+            "true_voxels": int(truth.sum()), "predicted_voxels": int(predicted.sum()),
+        })
+    return rows
+
+
+def _common(job: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {
+        "name": job["name"], "kind": job["kind"], "key": job["key"], "fold": job["fold"],
+        "device": str(device), "memory_kind": memory_kind(device),
+        "threads": torch.get_num_threads(), "app_version": __version__,
+        "finished": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def _start_logging(settings: Settings, name: str) -> None:
+    from bids_pcs.runlog import setup_console_logging, start_run_log
+
+    setup_console_logging(settings.run.verbose)
+    if settings.run.output_dir:
+        start_run_log(Path(settings.run.output_dir), f"study-{name}", settings.run.run_id)
+
+
+if __name__ == "__main__":  # pragma: no cover - the entry point of a job's process
+    sys.exit(main())

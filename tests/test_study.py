@@ -1,0 +1,212 @@
+"""`bids_pcs ... study` end to end: a 2 x 2 quick grid on a synthetic cohort, then a rerun.
+
+One module-scoped run (6 participants on the MNI anatomy, the ``study-quick``
+recipe with 1 pre-training and 2 fine-tuning epochs, methods scratch and
+reconstruction, strategies top and full) goes through the CLI as a user would;
+the tests read its outputs.  Registration runs for real (without N4, which the
+study's logic does not depend on, to keep CI short).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import run_cli
+
+from bids_pcs.config import load_settings
+from bids_pcs.models.model_io import read_model_card
+from bids_pcs.study.plan import Configuration, Pretraining, configuration_key, pretraining_key
+from bids_pcs.study.reading import reading
+from bids_pcs.study.scoring import METRICS
+from bids_pcs.study.split import StudySplit
+from bids_pcs.study.table import COLUMNS
+from bids_pcs.synth import SynthOptions, make_cohort
+
+GRID = {"methods": ["scratch", "reconstruction"], "strategies": ["top", "full"]}
+
+
+def _study_command(summary, output_dir, work_dir):
+    return [summary.bids_dir, output_dir, "study", "--labels", summary.labels_dir,
+            "--recipe", "study-quick", "--methods", *GRID["methods"],
+            "--strategies", *GRID["strategies"], "--set", "pretrain.epochs=1",
+            "--set", "finetune.epochs=2", "--set", "study.bootstrap_samples=200",
+            "--set", "registration.n4=false", "--skip-bids-validation", "-w", work_dir,
+            "--nprocs", "2", "--omp-nthreads", "2", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def study_run(tmp_path_factory):
+    """(cohort summary, output_dir, first run, seconds, second run, seconds, first table)."""
+    root = tmp_path_factory.mktemp("study")
+    summary = make_cohort(root / "bids", 6, seed=0, options=SynthOptions(
+        anatomy=("MNI152NLin2009aSym",), figure=False))
+    output_dir = root / "out"
+    command = _study_command(summary, output_dir, root / "work")
+    started = time.perf_counter()
+    first = run_cli(*command, timeout=900)
+    first_seconds = time.perf_counter() - started
+    assert first.returncode == 0, first.stderr[-4000:]
+    first_table = (output_dir / "study" / "study.tsv").read_text()
+    started = time.perf_counter()
+    second = run_cli(*command, timeout=600)
+    second_seconds = time.perf_counter() - started
+    assert second.returncode == 0, second.stderr[-4000:]
+    return summary, output_dir, first, first_seconds, second, second_seconds, first_table
+
+
+def _table(output_dir) -> pd.DataFrame:
+    return pd.read_csv(output_dir / "study" / "study.tsv", sep="\t", na_values=["n/a"],
+                       keep_default_na=False)
+
+
+def test_the_table_has_a_row_per_configuration_with_sane_values(study_run):
+    _, output_dir, *_ = study_run
+    table = _table(output_dir)
+    assert list(table.columns) == list(COLUMNS)
+    assert table["configuration"].tolist() == [
+        "scratch-top", "scratch-full", "reconstruction-top", "reconstruction-full"]
+    assert (table["n_folds"] == 1).all()
+    assert (table["n_test_participants"] == 1).all() and (table["n_test_crops"] == 2).all()
+    assert (table["n_train_participants"] == 4).all()
+    for metric in METRICS:
+        for row in table.itertuples():
+            value = getattr(row, metric)
+            low, high = getattr(row, f"{metric}_ci_lower"), getattr(row, f"{metric}_ci_upper")
+            if math.isnan(value):
+                continue
+            if metric == "hd95_mm":
+                assert value >= 0
+            else:
+                assert 0.0 <= value <= 1.0, (row.configuration, metric, value)
+            if not math.isnan(low):
+                assert low - 1e-9 <= value <= high + 1e-9, (row.configuration, metric)
+    assert (table["finetune_seconds"] > 0).all() and (table["seconds_per_epoch"] > 0).all()
+    assert (table["epochs"] == 2).all()
+    assert (table["peak_memory_mb"] >= table["baseline_memory_mb"]).all()
+    assert (table["baseline_memory_mb"] > 50).all()
+    assert set(table["memory_kind"]) == {"cpu_peak_rss"} and set(table["device"]) == {"cpu"}
+    scratch = table[table["method"] == "scratch"]
+    pretrained = table[table["method"] == "reconstruction"]
+    assert (scratch["pretrain_seconds"] == 0).all()
+    assert scratch["pretrain_peak_memory_mb"].isna().all()
+    assert (pretrained["pretrain_seconds"] > 0).all()
+    assert pretrained["pretrain_seconds"].nunique() == 1  # one pre-training, shared
+    assert np.allclose(table["total_seconds"], table["pretrain_seconds"] + table["finetune_seconds"],
+                       rtol=1e-5)
+
+
+def test_top_and_full_freeze_different_parameters(study_run):
+    _, output_dir, *_ = study_run
+    table = _table(output_dir).set_index("configuration")
+    assert table["total_parameters"].nunique() == 1
+    for method in GRID["methods"]:
+        top, full = table.loc[f"{method}-top"], table.loc[f"{method}-full"]
+        assert full["frozen_parameters"] == 0
+        assert top["frozen_parameters"] > 0
+        assert top["frozen_parameters"] != full["frozen_parameters"]
+        assert top["trainable_parameters"] + top["frozen_parameters"] == top["total_parameters"]
+        assert full["trainable_parameters"] == full["total_parameters"]
+        assert top["trainable_fraction"] < 0.05 and full["trainable_fraction"] == 1.0
+
+
+def test_the_split_keeps_participants_apart_and_pretraining_sees_only_training_crops(
+        study_run):
+    summary, output_dir, *_ = study_run
+    split_table = pd.read_csv(output_dir / "study" / "split.tsv", sep="\t", dtype=str)
+    assert split_table["participant_id"].is_unique  # one part per participant
+    assert len(split_table) == 6
+    assert split_table["part"].value_counts().to_dict() == {"train": 4, "validation": 1,
+                                                           "test": 1}
+    study = json.loads((output_dir / "study" / "study.json").read_text())
+    [split] = [StudySplit.from_dict(s) for s in study["splits"]]
+    assert {f"sub-{s}" for s in split.train} == set(
+        split_table.loc[split_table["part"] == "train", "participant_id"])
+    card = read_model_card(output_dir / "models" / "study-pretrain-reconstruction")
+    assert card["stage"] == "pretrain" and card["method"] == "reconstruction"
+    assert card["training_data"]["participants"] == list(split.train)
+    assert card["training_data"]["n_crops"] == 2 * len(split.train)
+    # every configuration from reconstruction started from that one model
+    for strategy in GRID["strategies"]:
+        record = json.loads((output_dir / "study" / "configurations" /
+                             f"reconstruction-{strategy}.json").read_text())
+        assert record["init"].endswith("study-pretrain-reconstruction")
+        assert {row["participant"] for row in record["test_rows"]} == set(split.test)
+        assert (output_dir / "models" / f"study-reconstruction-{strategy}" /
+                "model.safetensors").is_file()
+    assert len(list((output_dir / "study" / "pretraining").glob("*.json"))) == 1
+
+
+def test_the_page_json_and_figures_are_written(study_run):
+    _, output_dir, *_ = study_run
+    study_dir = output_dir / "study"
+    page = (study_dir / "study.html").read_text()
+    for text in ("Reading of the results", "scratch-top", "reconstruction-full",
+                 "data:image/png;base64,"):
+        assert text in page
+    figures = {p.stem for p in (study_dir / "figures").glob("*.png")}
+    assert {"accuracy_vs_time", "accuracy_vs_memory", "heatmap_dice",
+            "heatmap_presence_accuracy", "heatmap_accuracy_3class"} <= figures
+    study = json.loads((study_dir / "study.json").read_text())
+    assert study["grid"] == {**GRID, "folds": [0]}
+    assert [c["configuration"] for c in study["configurations"]] == _table(output_dir)[
+        "configuration"].tolist()
+    assert study["failed"] == []
+    assert "training participants" in study["design"]["pretraining_data"]
+    logs = {p.name.split("_")[0] for p in (output_dir / "logs").glob("study-*.log")}
+    assert logs == {"study-pretrain-reconstruction", "study-scratch-top", "study-scratch-full",
+                    "study-reconstruction-top", "study-reconstruction-full"}
+
+
+def test_a_rerun_skips_finished_jobs_and_gives_the_same_table(study_run):
+    _, output_dir, first, first_seconds, second, second_seconds, first_table = study_run
+    assert (output_dir / "study" / "study.tsv").read_text() == first_table
+    assert second.stderr.count("already done") == 5
+    assert "starting" not in second.stderr
+    assert second_seconds < first_seconds / 2, (first_seconds, second_seconds)
+
+
+def test_job_keys_follow_what_each_job_depends_on():
+    settings = load_settings("study-quick")
+    split = StudySplit(fold=0, train=("01", "02"), validation=("03",), test=("04",))
+    pre, config = Pretraining("contrastive"), Configuration("contrastive", "lora")
+    key = pretraining_key(settings, pre, split, "data")
+    ckey = configuration_key(settings, config, split, "data", "weights")
+    longer_finetune = settings.replace(finetune={"epochs": 9})
+    assert pretraining_key(longer_finetune, pre, split, "data") == key
+    assert configuration_key(longer_finetune, config, split, "data", "weights") != ckey
+    assert pretraining_key(settings.replace(pretrain={"epochs": 9}), pre, split, "data") != key
+    # a different test participant does not change what pre-training learnt from
+    other_test = StudySplit(fold=0, train=("01", "02"), validation=("04",), test=("03",))
+    assert pretraining_key(settings, pre, other_test, "data") == key
+    assert configuration_key(settings, config, other_test, "data", "weights") != ckey
+    assert configuration_key(settings, config, split, "data", "other weights") != ckey
+    assert pretraining_key(settings.replace(run={"seed": 1}), pre, split, "data") != key
+
+
+def test_the_reading_is_written_from_the_numbers():
+    rows = []
+    for method, dice in (("scratch", 0.50), ("reconstruction", 0.70)):
+        for strategy, seconds in (("top", 10.0), ("full", 40.0)):
+            row = {c: float("nan") for c in COLUMNS}
+            row.update(configuration=f"{method}-{strategy}", method=method, strategy=strategy,
+                       n_folds=1, n_test_participants=40, n_test_crops=80,
+                       finetune_seconds=seconds, pretrain_seconds=0.0 if method == "scratch"
+                       else 100.0, peak_memory_mb=seconds * 10, memory_kind="cpu_peak_rss",
+                       trainable_fraction=0.01 if strategy == "top" else 1.0)
+            for metric, value in (("dice", dice + (0.05 if strategy == "full" else 0.0)),
+                                  ("presence_accuracy", 0.8)):
+                row[metric] = value
+                row[f"{metric}_ci_lower"], row[f"{metric}_ci_upper"] = value - 0.02, value + 0.02
+            rows.append(row)
+    text = " ".join(reading(pd.DataFrame(rows, columns=list(COLUMNS))))
+    assert "Best for segmentation (test Dice): reconstruction-full at 0.750" in text
+    assert "reconstruction +0.200 (better in 2 of 2 strategies)" in text
+    assert "reconstruction-top (above scratch)" in text
+    assert "Fine-tuning took from 10.0 s (scratch-top) to 40.0 s (scratch-full)" in text
+    assert "Top tuning took 0.25 times" in text
+    assert "40 held-out participants" in text and "indicative only" not in text

@@ -1,0 +1,110 @@
+"""The study's participant-level splits: no overlap, the asked fractions, seeded, stratified."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bids_pcs.config import RecipeError, StudySettings
+from bids_pcs.errors import InputDataError
+from bids_pcs.finetuning.data import CropInfo
+from bids_pcs.study.split import (
+    StudySplit,
+    check_fractions,
+    kfold_splits,
+    make_splits,
+    part_sizes,
+    participant_strata,
+    split_participants,
+)
+
+strata_maps = st.dictionaries(st.from_regex(r"[a-z0-9]{1,6}", fullmatch=True),
+                              st.integers(0, 2), min_size=3, max_size=80)
+fraction_triples = st.tuples(st.integers(1, 8), st.integers(0, 4), st.integers(1, 4)).map(
+    lambda t: tuple(v / sum(t) for v in t))
+
+
+@given(strata=strata_maps, fractions=fraction_triples, seed=st.integers(0, 2**31))
+@settings(max_examples=150, deadline=None)
+def test_a_split_covers_every_participant_once_at_the_asked_fractions(strata, fractions, seed):
+    split = split_participants(strata, fractions, seed=seed)
+    parts = [set(split.train), set(split.validation), set(split.test)]
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert set().union(*parts) == set(strata)
+    n = len(strata)
+    for members, fraction in zip(parts, fractions, strict=True):
+        # largest-remainder rounding, plus at most one borrowed per empty part
+        assert abs(len(members) - fraction * n) <= 2
+        if fraction > 0:
+            assert members
+    assert split == split_participants(strata, fractions, seed=seed)  # seeded
+
+
+@given(strata=strata_maps, k=st.integers(2, 6), seed=st.integers(0, 1000))
+@settings(max_examples=100, deadline=None)
+def test_k_folds_test_every_participant_exactly_once(strata, k, seed):
+    if k > len(strata):
+        with pytest.raises(InputDataError):
+            kfold_splits(strata, k, seed=seed)
+        return
+    folds = kfold_splits(strata, k, seed=seed, validation_share=0.25)
+    assert [f.fold for f in folds] == list(range(1, k + 1))
+    tested = [s for fold in folds for s in fold.test]
+    assert sorted(tested) == sorted(strata)
+    for fold in folds:
+        assert set(fold.participants) == set(strata)
+        assert fold.train  # always something to train on
+        assert max(len(f.test) for f in folds) - min(len(f.test) for f in folds) <= 1
+
+
+def test_the_seed_changes_the_split_and_strata_are_balanced():
+    strata = {f"{i:02d}": i % 3 for i in range(60)}
+    first = split_participants(strata, (0.6, 0.2, 0.2), seed=0)
+    assert (len(first.train), len(first.validation), len(first.test)) == (36, 12, 12)
+    assert first != split_participants(strata, (0.6, 0.2, 0.2), seed=1)
+    for part in (first.validation, first.test):
+        counts = [sum(strata[s] == k for s in part) for k in range(3)]
+        assert counts == [4, 4, 4]  # 20 per stratum: each part takes a fifth of each
+
+
+def test_participant_strata_count_pcs_hemispheres_over_sessions():
+    def crop(subject, session, hemisphere, pcs_class):
+        prefix = f"sub-{subject}_ses-{session}"
+        return CropInfo(name=f"{prefix}_hemi-{hemisphere}", subject=subject, session=session,
+                        prefix=prefix, hemisphere=hemisphere, pcs_class=pcs_class,
+                        class_source="participants.tsv", pcs_voxels=0)
+
+    info = [crop("01", "1", "L", "present"), crop("01", "1", "R", "absent"),
+            crop("01", "2", "L", "present"), crop("01", "2", "R", "prominent"),
+            crop("02", "1", "L", "absent"), crop("02", "1", "R", "absent")]
+    assert participant_strata(info) == {"01": 2, "02": 0}
+
+
+def test_part_sizes_round_by_largest_remainder_and_never_leave_a_part_empty():
+    assert part_sizes(6, (0.6, 0.2, 0.2)) == (4, 1, 1)
+    assert part_sizes(10, (0.6, 0.2, 0.2)) == (6, 2, 2)
+    assert part_sizes(3, (0.6, 0.2, 0.2)) == (1, 1, 1)
+    assert part_sizes(4, (0.8, 0.0, 0.2)) == (3, 0, 1)
+    with pytest.raises(InputDataError, match="at least 3"):
+        part_sizes(2, (0.6, 0.2, 0.2))
+
+
+def test_settings_choose_one_split_or_folds_and_bad_fractions_are_refused():
+    strata = {f"{i:02d}": 0 for i in range(10)}
+    [single] = make_splits(strata, StudySettings(), seed=0)
+    assert single.fold == 0 and len(single.test) == 2
+    folds = make_splits(strata, StudySettings(folds=5), seed=0)
+    assert len(folds) == 5 and all(len(f.test) == 2 and len(f.validation) == 2 for f in folds)
+    with pytest.raises(RecipeError, match="sum to 1"):
+        check_fractions(StudySettings(train_fraction=0.7))
+    with pytest.raises(RecipeError, match="test_fraction > 0"):
+        check_fractions(StudySettings(train_fraction=0.8, test_fraction=0.0))
+
+
+def test_a_split_refuses_a_participant_in_two_parts():
+    with pytest.raises(ValueError, match="both train and test"):
+        StudySplit(fold=0, train=("01", "02"), validation=(), test=("02",))
+    split = StudySplit(fold=0, train=("01",), validation=("02",), test=("03",))
+    assert StudySplit.from_dict(split.to_dict()) == split
+    assert split.part_of("02") == "validation"
