@@ -10,6 +10,7 @@ the demo tests check what it printed and wrote, the inference tests run
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -38,6 +39,16 @@ class DemoRun:
     @property
     def model_dir(self) -> Path:
         return self.output_dir / "models" / "finetune-reconstruction-full"
+
+    @property
+    def results(self) -> dict:
+        (path,) = (self.output_dir / "logs").glob("demo_*_results.json")
+        return json.loads(path.read_text())
+
+    @property
+    def trained(self) -> list[str]:
+        """Participants the demo trained on (no PCS derivatives of theirs yet)."""
+        return list(self.results["train"])
 
 
 _RUNS: dict[str, DemoRun] = {}

@@ -42,7 +42,8 @@ def _settings(demo, output_dir=None, **sections):
     return settings.replace(**sections) if sections else settings
 
 
-def _participant(demo, *extra, output_dir=None, label="01"):
+def _participant(demo, *extra, output_dir=None, label=None):
+    label = label or demo.trained[0]
     return run_cli(demo.raw_dir, output_dir or demo.output_dir, "participant",
                    "--participant-label", label, "--recipe", RECIPE, "--skip-bids-validation",
                    "--device", "cpu", "--omp-nthreads", "2", "--nprocs", "1", *extra)
@@ -50,9 +51,11 @@ def _participant(demo, *extra, output_dir=None, label="01"):
 
 def test_participant_with_a_model_writes_valid_derivatives(demo, tmp_path):
     output_dir = copy_outputs(demo, tmp_path / "out")
-    done = _participant(demo, "--model", demo.model_dir, output_dir=output_dir)
+    label = demo.trained[0]
+    assert not list(output_dir.glob(f"sub-{label}/anat/*_dseg.nii.gz"))
+    done = _participant(demo, "--model", demo.model_dir, output_dir=output_dir, label=label)
     assert done.returncode == 0, done.stderr[-3000:]
-    (image,) = collect_t1w(demo.raw_dir, ["01"])
+    (image,) = collect_t1w(demo.raw_dir, [label])
     t1w = nib.load(image.path)
 
     dseg_file = dseg_path(output_dir, image)
@@ -95,21 +98,23 @@ def test_participant_with_a_model_writes_valid_derivatives(demo, tmp_path):
     assert set(metadata["Model"]) == {"name", "stage", "method", "strategy", "sha256",
                                       "version"}
     assert metadata["Model"]["stage"] == "finetune" and metadata["FlipTTA"] is False
-    assert subject_report_path(output_dir, "01").is_file()
+    assert subject_report_path(output_dir, label).is_file()
 
     report = validate(output_dir)
     assert report.ok, report.summary()
 
 
 def test_a_model_of_another_crop_geometry_is_refused_before_any_work(demo, tmp_path):
-    other = load_settings(RECIPE).replace(crop={"voxel_mm": 4.0})
+    # the same crop shape, but a box moved by 2 mm: the network would run, wrongly
+    other = load_settings(RECIPE).replace(crop={"left_min_mm": [-28.0, -16.0, -6.0]})
     network = build_network(other.model, other.crop.shape_vox, other.labels.classes)
     model_dir = save_model(tmp_path / "finetune-other", network,
                            model_card(other, network, stage="finetune", method="scratch",
                                       strategy="full"))
     output_dir = copy_outputs(demo, tmp_path / "out")
-    (image,) = collect_t1w(demo.raw_dir, ["02"])
-    done = _participant(demo, "--model", model_dir, output_dir=output_dir, label="02")
+    label = demo.trained[0]
+    (image,) = collect_t1w(demo.raw_dir, [label])
+    done = _participant(demo, "--model", model_dir, output_dir=output_dir, label=label)
     assert done.returncode == 1
     message = done.stderr.strip().splitlines()[-1]
     assert message.startswith("bids_pcs: error:") and "[crop]" in message
@@ -139,7 +144,7 @@ def test_flip_tta_and_a_failed_qc_image(demo, tmp_path):
 
     output_dir = copy_outputs(demo, tmp_path / "out")
     settings = _settings(demo, output_dir, inference={"flip_tta": True})
-    images = collect_t1w(demo.raw_dir, ["02", "03"])
+    images = collect_t1w(demo.raw_dir, demo.trained[:2])
     items = [load_preprocessed(settings, image, output_dir) for image in images]
     assert all(item is not None and item.qc_passed for item in items)
     failed = dataclasses.replace(items[1], qc={**items[1].qc, "Passed": False})

@@ -39,6 +39,7 @@ from bids_pcs.models.model_io import (
     model_card,
     read_model_card,
     save_model,
+    verify_weights,
 )
 from bids_pcs.models.network import PcsNetwork, build_network, network_spec
 from bids_pcs.models.tensor_file import read_tensors
@@ -115,7 +116,7 @@ def check_init(settings: Settings, init: str | os.PathLike[str] | None) -> str:
     """
     if not init or str(init) == SCRATCH:
         return SCRATCH
-    card = read_model_card(init)
+    card = verify_weights(init)  # tampered or foreign weights: refused now, not after preprocessing
     check_model_fits(card, settings, init)
     mine = network_spec(settings.model, settings.crop.shape_vox, settings.labels.classes)
     theirs = card.get("architecture") or {}

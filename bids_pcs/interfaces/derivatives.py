@@ -81,6 +81,8 @@ class PreprocDerivativesSink(SimpleInterface):
             write_sidecar(
                 crop, [inputs.source_uri, uri(inputs.out_forward_transform)],
                 Hemisphere=hemisphere,
+                # required by BIDS for preprocessed T1w; crops come from the unmasked image
+                SkullStripped=False,
                 **inputs.crop_metadata,
                 Mirrored=bool(hemisphere == "R" and inputs.crop_metadata.get("MirrorRight")),
                 RegistrationQC={"Correlation": qc["Correlation"][hemisphere],

@@ -39,7 +39,9 @@ TEMPLATE_SPACE = "MNI152NLin2009aSym"
 # files the BIDS specification does not define yet; listed in .bidsignore
 BIDSIGNORE_PATTERNS = (
     "logs/",
-    "models/",
+    # without the slash: BIDS reserves models/ for stats models, and the validator
+    # only skips that folder when the pattern names it exactly
+    "models",
     "study/",
     "figures/",
     "*.html",

@@ -32,7 +32,12 @@ from bids_pcs.config import Settings
 from bids_pcs.errors import ModelFileError
 from bids_pcs.io.atomic import write_json
 from bids_pcs.models.network import NetworkSpec, PcsNetwork, build_network_from_spec
-from bids_pcs.models.tensor_file import read_metadata_json, read_tensors, write_tensors
+from bids_pcs.models.tensor_file import (
+    read_metadata_json,
+    read_tensors,
+    verify_tensor_file,
+    write_tensors,
+)
 
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "model.json"
@@ -137,6 +142,18 @@ def read_model_card(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(weights, dict) or not weights.get("sha256"):
         raise ModelFileError(f"{model_dir / CARD_NAME} records no SHA-256 for the weights; "
                              "the model cannot be verified, so it is refused.")
+    return card
+
+
+def verify_weights(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The card of ``model_dir`` once its weights are checked (digest, format), not loaded.
+
+    For the checks a level makes before any work: a tampered or foreign
+    weights file is refused in seconds, not after hours of preprocessing.
+    """
+    card = read_model_card(model_dir)
+    name = Path(card["weights"].get("file", WEIGHTS_NAME)).name  # never leave the directory
+    verify_tensor_file(Path(model_dir) / name, card["weights"]["sha256"])
     return card
 
 

@@ -65,6 +65,26 @@ def check_safetensors_header(path: str | os.PathLike[str]) -> None:
         )
 
 
+def verify_tensor_file(path: str | os.PathLike[str], expected_sha256: str | None) -> None:
+    """Refuse a missing file, one whose digest differs, or one that is not safetensors.
+
+    Reads the file once to hash it, and never parses it: cheap enough to run
+    before any work, and safe on a hostile file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path} is missing; the model or checkpoint is incomplete.")
+    if expected_sha256 is not None:
+        actual = sha256_file(path)
+        if actual != expected_sha256:
+            raise ModelFileError(
+                f"{path} does not match the SHA-256 recorded beside it (expected "
+                f"{expected_sha256[:12]}..., found {actual[:12]}...); the file was changed or "
+                "damaged, so it is refused."
+            )
+    check_safetensors_header(path)
+
+
 def read_tensors(path: str | os.PathLike[str], expected_sha256: str | None,
                  device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Read a safetensors file after checking its digest and its format.
@@ -79,17 +99,7 @@ def read_tensors(path: str | os.PathLike[str], expected_sha256: str | None,
         The tensors by name.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path} is missing; the model or checkpoint is incomplete.")
-    if expected_sha256 is not None:
-        actual = sha256_file(path)
-        if actual != expected_sha256:
-            raise ModelFileError(
-                f"{path} does not match the SHA-256 recorded beside it (expected "
-                f"{expected_sha256[:12]}..., found {actual[:12]}...); the file was changed or "
-                "damaged, so it is refused."
-            )
-    check_safetensors_header(path)
+    verify_tensor_file(path, expected_sha256)
     try:
         return load_file(str(path), device=str(device))
     except Exception as exc:  # safetensors raises its own error types

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from bids_pcs.io.atomic import write_json
+from bids_pcs.io.atomic import remove_stale_temporaries, write_json
 from bids_pcs.models.tensor_file import read_metadata_json, read_tensors, write_tensors
 
 INDEX_NAME = "checkpoint.json"
@@ -87,6 +87,7 @@ def save_checkpoint(directory: str | os.PathLike[str], tensors: dict[str, torch.
     for old in directory.glob("checkpoint-*.safetensors"):
         if old.name != tensor_name:
             old.unlink(missing_ok=True)
+    remove_stale_temporaries(directory)  # partial files of a run killed while saving
     return directory / INDEX_NAME
 
 
