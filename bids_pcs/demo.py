@@ -129,6 +129,13 @@ def main(output_dir: Path, participants: int, held_out: float, seed: int, recipe
         click.echo("bids_pcs-demo: interrupted; rerun with the same OUTPUT_DIR to resume.",
                    err=True)
         ctx.exit(130)
+    except Exception as exc:  # a bug: say where the details are
+        LOGGER.debug("unexpected error", exc_info=True)
+        if verbose:
+            raise
+        click.echo(f"bids_pcs-demo: internal error: {type(exc).__name__}: {exc} (rerun with -v "
+                   "for the traceback; the run log in OUTPUT_DIR/logs has it too).", err=True)
+        ctx.exit(1)
     click.echo(format_summary(result, output_dir))
 
 
@@ -325,7 +332,11 @@ def score_held_out(settings, held_out: list[str]) -> DemoResult:
                                   settings.labels)
         mine_path = dseg_path(output_dir, record.image)
         table = read_pcs_table(pcs_table_path(output_dir, record.image))
-        mine = split_hemispheres(np.asanyarray(nib.load(mine_path).dataobj), settings.labels)
+        if mine_path.is_file():
+            mine = split_hemispheres(np.asanyarray(nib.load(mine_path).dataobj),
+                                     settings.labels)
+        else:  # registration QC failed: no mask, scored as an empty one
+            mine = {h: np.zeros_like(truth[h]) for h in HEMISPHERES}
         for hemisphere in HEMISPHERES:
             result = table[hemisphere]
             if result.pcs_class is None:  # registration QC failed: counts as a miss

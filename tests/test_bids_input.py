@@ -57,6 +57,7 @@ def test_acq_and_run_entities_name_units(tmp_path):
 
 
 @pytest.mark.parametrize("bad", ["../x", "sub-01/..", "a b", "", "sub-"])
+@pytest.mark.bad_input("dataset:participant label not a BIDS label")
 def test_invalid_labels_refused(bad):
     with pytest.raises(InputDataError, match="not a valid BIDS label"):
         normalise_label(bad, "sub")

@@ -65,6 +65,7 @@ def test_parse_overrides_reads_toml_values():
     }
 
 
+@pytest.mark.bad_input("dataset:missing BIDS_DIR")
 def test_missing_bids_dir(tmp_path):
     result = run_cli(tmp_path / "nope", tmp_path / "out", "participant")
     assert result.returncode == 1
@@ -73,6 +74,7 @@ def test_missing_bids_dir(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.bad_input("dataset:no dataset_description.json")
 def test_bids_dir_without_description(tmp_path):
     (tmp_path / "raw").mkdir()
     result = run_cli(tmp_path / "raw", tmp_path / "out", "participant")
@@ -80,6 +82,7 @@ def test_bids_dir_without_description(tmp_path):
     assert "dataset_description.json" in result.stderr
 
 
+@pytest.mark.bad_input("output:OUTPUT_DIR is BIDS_DIR", "output:OUTPUT_DIR inside BIDS_DIR")
 def test_output_inside_bids_dir(bids_examples):
     ds = bids_examples / "ds001"
     for out in (ds, ds / "derivatives" / "pcs"):
@@ -88,6 +91,7 @@ def test_output_inside_bids_dir(bids_examples):
         assert "inside it" in result.stderr
 
 
+@pytest.mark.bad_input("output:work dir inside BIDS_DIR")
 def test_work_dir_inside_bids_dir(bids_examples, tmp_path):
     ds = bids_examples / "ds001"
     result = run_cli(ds, tmp_path / "out", "participant", "-w", ds / "work")
@@ -95,6 +99,7 @@ def test_work_dir_inside_bids_dir(bids_examples, tmp_path):
     assert "Work dir" in result.stderr and "inside BIDS_DIR" in result.stderr
 
 
+@pytest.mark.bad_input("dataset:unknown participant")
 def test_unknown_participant_lists_available(bids_examples, tmp_path):
     result = run_cli(bids_examples / "ds001", tmp_path / "out", "participant",
                      "--skip-bids-validation", "--participant-label", "01", "99")
@@ -103,6 +108,7 @@ def test_unknown_participant_lists_available(bids_examples, tmp_path):
     assert "available: 01, 02" in result.stderr
 
 
+@pytest.mark.bad_input("dataset:unknown session")
 def test_unknown_session_lists_available(bids_examples, tmp_path):
     result = run_cli(bids_examples / "ds114", tmp_path / "out", "participant",
                      "--skip-bids-validation", "--session-label", "ses-followup")
@@ -111,6 +117,7 @@ def test_unknown_session_lists_available(bids_examples, tmp_path):
     assert "retest, test" in result.stderr
 
 
+@pytest.mark.bad_input("dataset:participant label ../x")
 def test_label_that_tries_a_path(bids_examples, tmp_path):
     result = run_cli(bids_examples / "ds001", tmp_path / "out", "participant",
                      "--skip-bids-validation", "--participant-label", "../x")
@@ -118,6 +125,7 @@ def test_label_that_tries_a_path(bids_examples, tmp_path):
     assert "not a valid BIDS label" in result.stderr
 
 
+@pytest.mark.bad_input("dataset:no T1w")
 def test_no_t1w_found(tmp_path):
     raw = tmp_path / "raw"
     (raw / "sub-01" / "func").mkdir(parents=True)
@@ -129,6 +137,7 @@ def test_no_t1w_found(tmp_path):
     assert "No T1w image found" in result.stderr
 
 
+@pytest.mark.bad_input("image:empty placeholder (bids-examples)")
 def test_unreadable_nifti_is_named(bids_examples, tmp_path):
     # the bids-examples images are empty placeholders: selection works, reading fails
     result = run_cli(bids_examples / "ds001", tmp_path / "out", "participant",
@@ -139,6 +148,7 @@ def test_unreadable_nifti_is_named(bids_examples, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.bad_input("dataset:invalid BIDS")
 def test_bids_validation_errors_are_summarised(bids_examples, tmp_path):
     result = run_cli(bids_examples / "ds001", tmp_path / "out", "participant")
     assert result.returncode == 1
@@ -174,6 +184,7 @@ def test_unknown_recipe_setting(bids_examples, tmp_path):
     assert "Unknown setting(s) sizemm in [crop]" in result.stderr
 
 
+@pytest.mark.bad_input("device:cuda without a GPU")
 def test_cuda_without_gpu(bids_examples, tmp_path):
     import torch
 

@@ -50,6 +50,7 @@ def test_names_follow_bids_entity_order():
         derivative_name(IMAGE, colour="red", suffix="T1w", extension=".nii.gz")
 
 
+@pytest.mark.bad_input("crash:exception inside an atomic write")
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "a" / "x.json"
     with pytest.raises(RuntimeError), atomic_path(target) as tmp:
@@ -90,6 +91,7 @@ def test_dataset_description_and_lookup(tmp_path, monkeypatch):
     assert dseg_lookup_tsv().splitlines()[3].startswith("2\tright paracingulate sulcus")
 
 
+@pytest.mark.bad_input("output:unwritable OUTPUT_DIR")
 def test_unwritable_output_dir_is_a_clear_error(tmp_path):
     from bids_pcs.errors import OutputError
 
@@ -110,6 +112,7 @@ def _concurrent_writer(args):
     return index
 
 
+@pytest.mark.bad_input("crash:concurrent writers of one OUTPUT_DIR")
 def test_concurrent_runs_leave_one_valid_dataset(tmp_path):
     raw = _raw_dataset(tmp_path / "raw", 8)
     out = tmp_path / "out"

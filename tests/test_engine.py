@@ -56,6 +56,7 @@ def test_resume_continues_from_the_saved_epoch_and_matches_an_uninterrupted_run(
     assert {p.suffix for p in (tmp_path / "b" / "ckpt").iterdir()} == {".safetensors", ".json"}
 
 
+@pytest.mark.bad_input("checkpoint:of another method")
 def test_resume_refuses_a_checkpoint_of_another_method(tmp_path):
     crops = crop_set(2)
     _engine(tmp_path, 1).fit(crops)
@@ -63,6 +64,7 @@ def test_resume_refuses_a_checkpoint_of_another_method(tmp_path):
         _engine(tmp_path, 2, method="diffusion", resume=True).fit(crops)
 
 
+@pytest.mark.bad_input("crash:SIGTERM inside the engine")
 def test_sigterm_saves_a_checkpoint_and_returns_then_resume_finishes(tmp_path):
     crops = crop_set(8)
     engine = _engine(tmp_path, 2, batch_size=1)

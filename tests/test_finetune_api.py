@@ -53,6 +53,7 @@ def test_pretrained_init_copies_encoder_and_decoder_exactly(pretrained_dir):
         _part(theirs, "decoder"))
 
 
+@pytest.mark.bad_input("model:another geometry or architecture (finetune init)")
 def test_a_model_of_another_geometry_or_architecture_is_refused(pretrained_dir):
     model_dir, _ = pretrained_dir
     assert check_init(tiny_settings(), model_dir) == "contrastive"

@@ -161,6 +161,7 @@ def test_uncompressed_dseg_is_found(datasets):
     assert read_labels(labels, [image])[0].classes["L"] == "present"
 
 
+@pytest.mark.bad_input("labels:images without a dseg")
 def test_missing_labels(datasets, caplog):
     raw, labels = datasets
     images = [add_t1w(raw, "01"), add_t1w(raw, "02"), add_t1w(raw, "03")]
@@ -176,6 +177,7 @@ def test_missing_labels(datasets, caplog):
         read_labels(labels, [images[0], images[2]], require_all=False)
 
 
+@pytest.mark.bad_input("labels:missing or undescribed label dataset")
 def test_label_dataset_must_exist_and_be_described(datasets, tmp_path):
     raw, labels = datasets
     image = add_t1w(raw, "01")
@@ -190,6 +192,7 @@ def test_label_dataset_must_exist_and_be_described(datasets, tmp_path):
 
 
 @pytest.mark.parametrize("change", ["shape", "shift", "voxel size"])
+@pytest.mark.bad_input("labels:wrong grid")
 def test_label_on_another_grid_is_refused(datasets, change):
     raw, labels = datasets
     image = add_t1w(raw, "01")
@@ -216,6 +219,7 @@ def test_float_rounding_of_the_affine_is_tolerated(datasets):
 
 
 @pytest.mark.parametrize("bad_value", [3, 255, 1.5, -1])
+@pytest.mark.bad_input("labels:values outside the label map")
 def test_values_outside_the_label_map_are_refused(datasets, bad_value):
     raw, labels = datasets
     image = add_t1w(raw, "01")
@@ -228,6 +232,7 @@ def test_values_outside_the_label_map_are_refused(datasets, bad_value):
     assert f"{bad_value:g}" in str(err.value)
 
 
+@pytest.mark.bad_input("labels:unreadable dseg", "labels:4D dseg")
 def test_unreadable_and_4d_labels_are_refused(datasets):
     raw, labels = datasets
     image = add_t1w(raw, "01")
@@ -240,6 +245,7 @@ def test_unreadable_and_4d_labels_are_refused(datasets):
         read_labels(labels, [image])
 
 
+@pytest.mark.bad_input("labels:unknown class in participants.tsv")
 def test_unknown_class_names_are_refused(datasets):
     raw, labels = datasets
     image = add_t1w(raw, "01")

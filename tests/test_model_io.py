@@ -53,6 +53,7 @@ def test_round_trip_keeps_every_weight_and_records_the_contract(tmp_path):
         assert torch.equal(loaded.state_dict()[key], value), key
 
 
+@pytest.mark.bad_input("model:weights whose SHA-256 differs")
 def test_tampered_weights_are_refused_by_their_sha256(tmp_path):
     model_dir, _ = _saved(tmp_path)
     weights = model_dir / "model.safetensors"
@@ -64,6 +65,7 @@ def test_tampered_weights_are_refused_by_their_sha256(tmp_path):
     assert str(info.value).count(". ") == 0  # one sentence
 
 
+@pytest.mark.bad_input("model:pickle renamed as safetensors")
 def test_a_pickle_renamed_as_safetensors_is_refused_even_with_a_matching_digest(tmp_path):
     model_dir, network = _saved(tmp_path)
     weights = model_dir / "model.safetensors"
@@ -76,6 +78,7 @@ def test_a_pickle_renamed_as_safetensors_is_refused_even_with_a_matching_digest(
         load_model(model_dir)
 
 
+@pytest.mark.bad_input("model:missing directory", "model:foreign model.json")
 def test_missing_card_and_foreign_json_are_refused(tmp_path):
     with pytest.raises(ModelFileError, match="does not exist"):
         load_model(tmp_path / "nowhere")
@@ -103,12 +106,14 @@ def test_pretrained_swin_weights_fill_every_encoder_key_of_a_finetuning_network(
     assert all(k.startswith("heads.") for k in report.skipped)
 
 
+@pytest.mark.bad_input("model:another architecture")
 def test_pretrained_weights_of_another_architecture_are_refused(tmp_path):
     model_dir, _ = _saved(tmp_path)
     with pytest.raises(ModelFileError, match="feature_size"):
         load_pretrained(tiny_cnn(feature_size=8), model_dir)
 
 
+@pytest.mark.bad_input("model:another crop geometry")
 def test_model_with_another_crop_geometry_does_not_fit_the_run(tmp_path):
     model_dir, _ = _saved(tmp_path)
     card = read_model_card(model_dir)

@@ -201,3 +201,17 @@ def test_an_empty_or_nan_dseg_is_refused(raw, tmp_path):
     with pytest.raises(InputDataError, match="nan outside the label map"):
         read_labels(labels, images, bids_dir=raw)
     shutil.rmtree(labels)
+
+
+@pytest.mark.bad_input("confinement:no network for the BIDS validator")
+def test_the_bids_validator_runs_without_any_network(raw, tmp_path, env):
+    if not can_unshare("-n"):
+        pytest.skip("unshare -n (a private network namespace) is not permitted here")
+    # validation runs before the selection is checked: reaching the selection error means
+    # bids-validator-deno validated the dataset with no network at all
+    done = cli(raw, tmp_path / "out", "participant", "--participant-label", "99",
+               env=env, prefix=("unshare", "-n"))
+    assert done.returncode == 1, done.stderr[-2000:]
+    error = one_error_line(done.stderr)
+    assert "Participant(s) 99 not found" in error, error
+    assert "Validating" in done.stderr

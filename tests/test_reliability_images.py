@@ -263,3 +263,21 @@ def test_a_run_opens_no_network_connection(mixed_run):
     assert network_events(mixed_run.audit) == []
     if mixed_run.no_network_namespace:  # and it worked without any network at all
         assert (mixed_run.output_dir / "sub-qform" / "anat").is_dir()
+
+
+def test_the_audit_hook_sees_writes_and_connections(tmp_path):
+    # the control of the two tests above: the hook does record what they look for
+    import subprocess
+    import sys
+
+    site = audit_site(tmp_path / "site")
+    log = tmp_path / "log"
+    code = ("import socket\nopen('written.txt', 'w').close()\n"
+            "try:\n    socket.create_connection(('192.0.2.1', 9), timeout=0.01)\n"
+            "except OSError:\n    pass\n")
+    env = run_env(tmp_path, PYTHONPATH=str(site), BIDS_PCS_AUDIT_LOG=str(log))
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True)
+    events = read_audit(log)
+    assert ("write", str(tmp_path / "written.txt")) in events
+    assert outside(events, [tmp_path / "out"]) == [("write", str(tmp_path / "written.txt"))]
+    assert ("connect", "('192.0.2.1', 9)") in network_events(events)

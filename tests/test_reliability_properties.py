@@ -41,6 +41,7 @@ def test_a_bids_label_is_read_with_or_without_its_prefix(label, prefix):
     assert normalise_label(f"{prefix}-{label}", prefix) == label
 
 
+@pytest.mark.bad_input("property:any typed participant or session label")
 @PROPERTY
 @given(value=typed, prefix=st.sampled_from(["sub", "ses"]))
 def test_any_other_text_is_refused_and_nothing_path_like_gets_through(value, prefix):
@@ -90,10 +91,10 @@ def _schema_order() -> list[str]:
 SCHEMA_ORDER = _schema_order()
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(image=t1w_images(),
        derived=st.dictionaries(st.sampled_from(DERIVED), labels, max_size=4),
-       suffix=st.text(alphabet=string.ascii_letters, min_size=1, max_size=8),
+       suffix=st.just("xfm") | st.text(alphabet=string.ascii_letters, min_size=1, max_size=8),
        extension=st.sampled_from([".nii.gz", ".nii", ".json", ".tsv", ".h5", "json"]))
 def test_a_derivative_name_parses_back_to_its_entities_in_bids_order(image, derived, suffix,
                                                                     extension):
@@ -116,10 +117,13 @@ def test_a_derivative_name_parses_back_to_its_entities_in_bids_order(image, deri
     path = derivative_path(Path("/out"), image, suffix=suffix, extension=extension, **derived)
     parsed = parse_file_entities(str(path), config=["bids", "derivatives"])
     for key, value in expected.items():
+        if key in ("from", "to", "mode") and suffix != "xfm":
+            continue  # pybids knows these entities on transforms (_xfm) only
         assert str(parsed[PYBIDS_NAMES[key]]) == value, (key, parsed)
     assert path.parent == Path("/out") / image.anat_dir
 
 
+@pytest.mark.bad_input("property:any entity value in a derivative name")
 @PROPERTY
 @given(image=t1w_images(), key=st.sampled_from(DERIVED), value=typed)
 def test_an_entity_value_that_is_not_a_label_cannot_make_a_name(image, key, value):
@@ -129,6 +133,7 @@ def test_an_entity_value_that_is_not_a_label_cannot_make_a_name(image, key, valu
 
 
 # ------------------------------------------------------------------- label maps
+@pytest.mark.bad_input("property:any dseg value under any label map")
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(left=st.integers(1, 50), right=st.integers(1, 50), data=st.data())
 def test_any_label_map_accepts_exactly_its_own_values(left, right, data):
@@ -143,6 +148,7 @@ def test_any_label_map_accepts_exactly_its_own_values(left, right, data):
             check_label_values(dseg, "x.nii.gz", label_map)
 
 
+@pytest.mark.bad_input("property:any float dseg value (NaN, Inf, fractions)")
 @settings(max_examples=60, deadline=None)
 @given(value=st.floats(allow_nan=True, allow_infinity=True, width=32))
 def test_a_float_dseg_is_accepted_only_with_exact_label_values(value):
@@ -155,6 +161,7 @@ def test_a_float_dseg_is_accepted_only_with_exact_label_values(value):
             check_label_values(dseg, "x.nii.gz", LabelSettings())
 
 
+@pytest.mark.bad_input("property:any label grid shift")
 @PROPERTY
 @given(shift=st.floats(-0.01, 0.01), where=st.tuples(st.integers(0, 2), st.integers(0, 3)))
 def test_a_label_grid_is_accepted_exactly_within_a_micrometre(shift, where):
@@ -176,7 +183,9 @@ cells = st.one_of(st.sampled_from(["absent", "present", "prominent"]),
                   st.text(alphabet=string.ascii_letters + " ", max_size=10))
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@pytest.mark.bad_input("property:any participants.tsv class cell")
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=st.dictionaries(labels, st.tuples(cells, cells), min_size=1, max_size=5))
 def test_participants_tsv_classes_round_trip_or_name_the_bad_cell(tmp_path, rows):
     path = tmp_path / "participants.tsv"

@@ -96,8 +96,8 @@ def test_the_table_has_a_row_per_configuration_with_sane_values(study_run):
     assert scratch["pretrain_peak_memory_mb"].isna().all()
     assert (pretrained["pretrain_seconds"] > 0).all()
     assert pretrained["pretrain_seconds"].nunique() == 1  # one pre-training, shared
-    assert np.allclose(table["total_seconds"], table["pretrain_seconds"] + table["finetune_seconds"],
-                       rtol=1e-5)
+    summed = table["pretrain_seconds"] + table["finetune_seconds"]
+    assert np.allclose(table["total_seconds"], summed, rtol=1e-5)
 
 
 def test_top_and_full_freeze_different_parameters(study_run):
@@ -210,3 +210,43 @@ def test_the_reading_is_written_from_the_numbers():
     assert "Fine-tuning took from 10.0 s (scratch-top) to 40.0 s (scratch-full)" in text
     assert "Top tuning took 0.25 times" in text
     assert "40 held-out participants" in text and "indicative only" not in text
+
+
+def _record(fold: int, subjects: list[str], seconds: float, peak: float) -> dict:
+    rows = [{"participant": s, "true_class": "present" if i % 2 else "absent",
+             "probabilities": [0.2, 0.7, 0.1] if i % 2 else [0.6, 0.3, 0.1],
+             "dice": 0.5 + 0.1 * (i % 3), "hd95_mm": None if i == 0 else 2.0 * i}
+            for i, s in enumerate(subjects)]
+    return {"test_rows": rows, "finetune_seconds": seconds, "seconds_per_epoch": seconds / 2,
+            "epochs": 2, "best_epoch": 1 + fold % 2, "peak_memory_mb": peak,
+            "baseline_memory_mb": 400.0, "memory_kind": "cpu_peak_rss", "device": "cpu",
+            "trainable_parameters": 10, "training_parameters": 112, "total_parameters": 100,
+            "trainable_fraction": 0.1, "n_train_participants": 4}
+
+
+def test_folds_are_pooled_into_one_row_per_configuration():
+    from bids_pcs.study.plan import Grid
+    from bids_pcs.study.table import results_table, table_to_tsv
+
+    grid = Grid(methods=("scratch", "contrastive"), strategies=("lora",), folds=(1, 2))
+    configurations = {
+        Configuration("scratch", "lora", 1): _record(1, ["01", "02", "03"], 10.0, 500.0),
+        Configuration("scratch", "lora", 2): _record(2, ["04", "05", "06"], 20.0, 700.0),
+        Configuration("contrastive", "lora", 1): _record(1, ["01", "02", "03"], 5.0, 450.0),
+        # contrastive's second fold failed: no row for it
+    }
+    pretrainings = {Pretraining("contrastive", 1): {"seconds": 30.0, "peak_memory_mb": 900.0}}
+    table = results_table(grid, configurations, pretrainings, n_resamples=50, seed=0)
+    assert table["configuration"].tolist() == ["scratch-lora"]
+    row = table.iloc[0]
+    assert (row["n_folds"], row["n_test_participants"], row["n_test_crops"]) == (2, 6, 6)
+    assert row["finetune_seconds"] == 15.0 and row["peak_memory_mb"] == 700.0
+    assert row["best_epoch"] == 1.5 and row["pretrain_seconds"] == 0.0
+    assert (row["frozen_parameters"], row["adapter_parameters"]) == (102, 12)
+    assert row["dice"] == pytest.approx(np.mean([0.5, 0.6, 0.7] * 2))
+    assert row["hd95_mm"] == pytest.approx(np.mean([2.0, 4.0, 2.0, 4.0]))
+    assert row["presence_accuracy"] == 1.0 and row["accuracy_3class"] == 1.0
+    assert row["dice_ci_lower"] <= row["dice"] <= row["dice_ci_upper"]
+    text = table_to_tsv(table)
+    assert text.splitlines()[0].split("\t") == list(COLUMNS)
+    assert "n/a" in text.splitlines()[1]  # no pre-training memory from scratch

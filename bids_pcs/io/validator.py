@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +51,7 @@ def validate(dataset: Path, *, timeout_s: float = 600) -> ValidationReport:
             "or pass --skip-bids-validation."
         )
     proc = subprocess.run([exe, "--format", "json", str(dataset)], capture_output=True,
-                          text=True, timeout=timeout_s, check=False)
+                          text=True, timeout=timeout_s, check=False, env=_validator_env())
     try:
         result = json.loads(proc.stdout)
     except ValueError as exc:
@@ -66,6 +68,21 @@ def validate(dataset: Path, *, timeout_s: float = 600) -> ValidationReport:
         else:
             warnings[code] += 1
     return ValidationReport(errors=errors, warnings=warnings, examples=examples)
+
+
+def _validator_env() -> dict[str, str]:
+    """The environment of the validator: its deno cache in the temporary directory.
+
+    deno caches compiled code under ``~/.cache/deno`` by default; a run writes
+    only into OUTPUT_DIR, the work dir and the temporary directory (HOME may
+    be read-only in a container), and never checks for updates online.
+    """
+    env = dict(os.environ)
+    if not env.get("DENO_DIR"):
+        uid = os.getuid() if hasattr(os, "getuid") else "user"
+        env["DENO_DIR"] = str(Path(tempfile.gettempdir()) / f"bids_pcs-deno-{uid}")
+    env.setdefault("DENO_NO_UPDATE_CHECK", "1")
+    return env
 
 
 def check_bids_valid(bids_dir: Path) -> ValidationReport:

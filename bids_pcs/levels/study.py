@@ -90,7 +90,6 @@ def run(settings: Settings) -> None:
 
     pairs, skipped = collect_labelled(settings, DistContext())
     cache = cache_labelled_crops(settings, pairs, work_dir)
-    del pairs
     strata = participant_strata(cache.info)
     splits = make_splits(strata, settings.study, seed=settings.run.seed)
     grid = plan_grid(settings.study, [split.fold for split in splits])

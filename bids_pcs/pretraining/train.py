@@ -33,10 +33,9 @@ from bids_pcs.training.data import CropSet
 from bids_pcs.training.distributed import DistContext
 from bids_pcs.training.engine import Engine, TrainConfig, TrainingInterruptedError, TrainResult
 from bids_pcs.training.plots import plot_loss_curve
+from bids_pcs.training.summary import CURVE_NAME, LOG_NAME, training_summary
 
 LOGGER = logging.getLogger(__name__)
-LOG_NAME = "training_log.tsv"
-CURVE_NAME = "loss_curve.png"
 
 
 @dataclass
@@ -117,25 +116,3 @@ def pretrain(settings: Settings, crops: CropSet, *,
         plot_loss_curve(result.history, model_dir / CURVE_NAME, title=f"pre-training: {method}")
         card = read_model_card(model_dir)
     return PretrainResult(network=network, card=card, train=result, model_dir=model_dir)
-
-
-def training_summary(result: TrainResult, config: TrainConfig, context: DistContext,
-                     device: torch.device) -> dict[str, Any]:
-    """What ``model.json`` records about how a pre-training ran."""
-    return {
-        "epochs": result.epochs_completed,
-        "optimizer_steps": result.global_step // config.accumulate_steps,
-        "batch_size_per_process": config.batch_size,
-        "accumulate_steps": config.accumulate_steps,
-        "processes": context.world_size,
-        "device": device.type,
-        "mixed_precision": bool(config.mixed_precision and device.type == "cuda"),
-        "seed": config.seed,
-        "seconds_this_run": round(result.seconds, 2),
-        "crops_per_second": round(result.crops_per_second, 3),
-        "peak_memory_mb": round(result.peak_memory_mb, 1),
-        "trainable_parameters": result.trainable_parameters,
-        "total_parameters": result.total_parameters,
-        "log": LOG_NAME,
-        "loss_curve": CURVE_NAME,
-    }

@@ -32,6 +32,7 @@ from bids_pcs.config import HEMISPHERES, PCS_CLASSES
 from bids_pcs.errors import InputDataError
 from bids_pcs.io.bids_input import T1wImage
 from bids_pcs.io.derivatives import (
+    TEMPLATE_SPACE,
     crop_path,
     derivative_path,
     dseg_path,
@@ -43,7 +44,9 @@ PCS_TABLE_COLUMNS = ("hemisphere", "pcs_class", "p_absent", "p_present", "p_prom
                      "pcs_length_mm", "pcs_volume_mm3", "qc_correlation", "qc_passed")
 # the endings that mark an image as processed; the prefix is what precedes them
 _PCS_TABLE_END = "_desc-pcs_pcs.tsv"
-_QC_END = "_desc-registration_qc.json"
+# the preprocessing writes <prefix>_space-<template>_desc-registration_qc.json;
+# records without the space entity (older runs, test fixtures) are read too
+_QC_END = re.compile(r"(_space-[A-Za-z0-9]+)?_desc-registration_qc\.json$")
 _CROP_END = re.compile(r"_space-[A-Za-z0-9]+_desc-medialfrontal[LR]_T1w\.nii(\.gz)?$")
 _ENTITY = re.compile(r"^([a-z]+)-([A-Za-z0-9]+)$")
 
@@ -113,9 +116,17 @@ def pcs_metadata_path(output_dir: Path, image: T1wImage) -> Path:
 
 
 def registration_qc_path(output_dir: Path, image: T1wImage) -> Path:
-    """``<prefix>_desc-registration_qc.json`` of ``image``."""
-    return derivative_path(output_dir, image, desc="registration", suffix="qc",
-                           extension=".json")
+    """The registration QC record of ``image``.
+
+    ``<prefix>_space-MNI152NLin2009aSym_desc-registration_qc.json`` as the
+    preprocessing writes it, else ``<prefix>_desc-registration_qc.json`` when
+    only that one exists.
+    """
+    written = derivative_path(output_dir, image, space=TEMPLATE_SPACE, desc="registration",
+                              suffix="qc", extension=".json")
+    plain = derivative_path(output_dir, image, desc="registration", suffix="qc",
+                            extension=".json")
+    return plain if plain.is_file() and not written.is_file() else written
 
 
 def discover_images(output_dir: Path, subject: str | None = None) -> list[T1wImage]:
@@ -238,9 +249,11 @@ def read_registration_qc(path: Path, output_dir: Path) -> RegistrationQC | None:
             if candidate.is_file():
                 figure = candidate
                 break
-    return RegistrationQC(correlation=_number(data.get("correlation")),
-                          threshold=_number(data.get("threshold")),
-                          passed=_flag(data.get("passed")), figure=figure)
+    # the preprocessing's record says MinCorrelation / Threshold / Passed
+    correlation = data.get("correlation", data.get("MinCorrelation"))
+    return RegistrationQC(correlation=_number(correlation),
+                          threshold=_number(data.get("threshold", data.get("Threshold"))),
+                          passed=_flag(data.get("passed", data.get("Passed"))), figure=figure)
 
 
 def _qc_from_table(path: Path) -> RegistrationQC | None:
@@ -253,11 +266,13 @@ def _qc_from_table(path: Path) -> RegistrationQC | None:
 
 
 def _prefix_of(name: str) -> str | None:
-    for end in (_PCS_TABLE_END, _QC_END):
-        if name.endswith(end):
-            return name[: -len(end)]
-    match = _CROP_END.search(name)
-    return name[: match.start()] if match else None
+    if name.endswith(_PCS_TABLE_END):
+        return name[: -len(_PCS_TABLE_END)]
+    for pattern in (_QC_END, _CROP_END):
+        match = pattern.search(name)
+        if match:
+            return name[: match.start()]
+    return None
 
 
 def _raw_relpath(output_dir: Path, image: T1wImage) -> str:

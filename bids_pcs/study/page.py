@@ -129,7 +129,7 @@ def _cost(figures: Mapping[str, Path]) -> h.Html:
 
 def _heatmaps(figures: Mapping[str, Path]) -> h.Html:
     parts = [_figure(figures[f"heatmap_{m}"], f"heatmap of {LABELS.get(m, m)}",
-                     LABELS.get(m, m).capitalize())
+                     f"{LABELS.get(m, m)} per initialisation (rows) and strategy (columns).")
              for m in (*METRICS, *HEATMAP_EXTRA) if f"heatmap_{m}" in figures]
     if not parts:
         return h.notice("No figure: no configuration finished.")

@@ -110,8 +110,8 @@ def effect_sentences(table: pd.DataFrame) -> list[str]:
         separated = [e for e in effects if e.separated]
         n_test = int(table["n_test_participants"].min())
         if n_test < TOO_FEW_TO_SEPARATE:
-            verdict = (f"with {n_test} test participant(s) the bootstrap intervals cannot tell "
-                       "configurations apart")
+            verdict = (f"with {n_test} test participant{'s' if n_test != 1 else ''} the "
+                       "bootstrap intervals cannot tell configurations apart")
         else:
             verdict = ("the 95 % intervals overlap for every pair, so no difference from scratch "
                        "is established on this test set" if not separated else
@@ -161,7 +161,8 @@ def caveats(table: pd.DataFrame) -> list[str]:
     n_test = int(table["n_test_participants"].max())
     n_crops = int(table["n_test_crops"].max())
     folds = int(table["n_folds"].max())
-    text = (f"Scores are on {n_test} held-out participants ({n_crops} hemispheres)"
+    text = (f"Scores are on {n_test} held-out participant{'s' if n_test != 1 else ''} "
+            f"({n_crops} hemispheres)"
             + (f", pooled over {folds} folds" if folds > 1 else "")
             + "; intervals are 95 % bootstrap intervals over participants.")
     if n_test < SMALL_TEST:
