@@ -29,7 +29,6 @@ from bids_pcs.models.model_io import (
     CARD_NAME,
     check_model_fits,
     load_model,
-    load_weights,
     read_model_card,
 )
 from bids_pcs.models.network import PcsNetwork
@@ -86,7 +85,10 @@ def check_inference_model(settings: Settings, model_dir: str | os.PathLike[str],
             "(its segmentation and classification heads are untrained); fine-tune it first "
             "(bids_pcs ... finetune --init) and pass that model to --model.")
     check_model_fits(card, settings, model_dir)
-    load_weights(model_dir)  # verifies the digest now, not after preprocessing
+    # a strict load now (digest, architecture against weights, class list)
+    # costs a second and spares a run that would fail after preprocessing
+    network, _ = load_model(model_dir, torch.device("cpu"))
+    _check_classes(network, settings, model_dir)
     return card
 
 
@@ -96,9 +98,12 @@ def load_inference_model(settings: Settings, model_dir: str | os.PathLike[str],
     model_dir = Path(model_dir)
     check_inference_model(settings, model_dir)
     network, card = load_model(model_dir, device or torch.device("cpu"))
+    return InferenceModel(network=network, card=card, model_dir=model_dir)
+
+
+def _check_classes(network: PcsNetwork, settings: Settings, model_dir: Path) -> None:
     if tuple(network.spec.classification_classes) != tuple(settings.labels.classes):
         raise ModelFileError(
             f"The network in {model_dir / CARD_NAME} predicts the classes "
             f"{list(network.spec.classification_classes)}, not this run's "
             f"{list(settings.labels.classes)}; use the recipe it was trained with.")
-    return InferenceModel(network=network, card=card, model_dir=model_dir)
