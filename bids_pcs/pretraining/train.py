@@ -99,9 +99,10 @@ def pretrain(settings: Settings, crops: CropSet, *,
     )
     result = Engine(network, objective, config, device=device, context=context).fit(images)
     if result.interrupted:
+        kept = (f"the checkpoint in {checkpoint_dir} is saved, rerun with --resume to continue"
+                if checkpoint_dir is not None else "no checkpoint was asked for, so it restarts")
         raise TrainingInterruptedError(
-            f"Pre-training stopped by a signal in epoch {result.epochs_completed + 1}; the "
-            f"checkpoint in {checkpoint_dir} is saved, rerun with --resume to continue.")
+            f"Pre-training stopped by a signal in epoch {result.epochs_completed + 1}; {kept}.")
     network = network.to("cpu").eval()
     card = model_card(
         settings, network, stage="pretrain", method=method, objective=objective.summary(),

@@ -7,6 +7,9 @@ environment.  Jobs run one at a time, never side by side: the study compares
 time and memory, and two trainings sharing the CPUs or the GPU would distort
 both.
 
+SIGTERM (a scheduler's pre-emption, ``kill``) and Ctrl-C stop the running
+job's process too, so no orphan keeps training after the study ended.
+
 Usage::
 
     path = write_job(work_dir, name, spec)
@@ -15,14 +18,19 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bids_pcs.errors import BidsPcsError
 from bids_pcs.io.atomic import write_json
 
 LOGGER = logging.getLogger(__name__)
@@ -54,10 +62,54 @@ def write_job(work_dir: Path, name: str, spec: dict[str, Any]) -> Path:
 
 
 def run_job(job_file: Path) -> JobOutcome:
-    """Run :mod:`bids_pcs.study.worker` on ``job_file`` in a new interpreter and wait."""
+    """Run :mod:`bids_pcs.study.worker` on ``job_file`` in a new interpreter and wait.
+
+    Raises:
+        StudyInterruptedError: SIGTERM arrived while the job ran; the job was
+            stopped too (it would otherwise outlive the study as an orphan).
+    """
     command = [sys.executable, "-m", "bids_pcs.study.worker", str(job_file)]
     LOGGER.debug("starting %s", " ".join(command))
     started = time.perf_counter()
-    # on KeyboardInterrupt subprocess.run kills the child before re-raising
-    done = subprocess.run(command, check=False)
-    return JobOutcome(returncode=done.returncode, seconds=time.perf_counter() - started)
+    process = subprocess.Popen(command)
+    with _forward_sigterm(process, Path(job_file).stem):
+        try:
+            returncode = process.wait()
+        except BaseException:  # Ctrl-C or SIGTERM: the job stops with the study
+            _stop(process)
+            raise
+    return JobOutcome(returncode=returncode, seconds=time.perf_counter() - started)
+
+
+class StudyInterruptedError(BidsPcsError):
+    """The study was stopped by SIGTERM; finished jobs are kept (rerun to continue)."""
+
+    exit_code = 143  # 128 + SIGTERM, what schedulers expect of a pre-empted job
+
+
+@contextlib.contextmanager
+def _forward_sigterm(process: subprocess.Popen, name: str) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise StudyInterruptedError(
+            f"The study was stopped by a signal while {name} ran; finished jobs are kept, "
+            "rerun the same command to continue.")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    # the worker saves nothing partial: terminating it loses only the running job
+    process.terminate()
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -125,9 +125,10 @@ def pretraining_key(settings: Settings, job: Pretraining, split: StudySplit,
         "seed": settings.run.seed,
         "device": settings.run.device,
         **{key: plain[key] for key in ("template", "crop", "intensity", "labels", "model")},
-        # the recipe's own method is replaced by the job's
-        "pretrain": {k: v for k, v in plain["pretrain"].items() if k != "method"},
+        # the recipe's own method is replaced by the job's, and only its own options count
+        "pretrain": {k: v for k, v in plain["pretrain"].items() if k not in ("method", "options")},
         "method": job.method,
+        "options": (plain["pretrain"]["options"] or {}).get(job.method),
     })
 
 

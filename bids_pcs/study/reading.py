@@ -65,9 +65,10 @@ def best_sentences(table: pd.DataFrame) -> list[str]:
         row = _best(table, metric)
         if row is None:
             continue
-        ties = table[np.isclose(table[metric], row[metric])]["configuration"].tolist()
-        tie_text = (f"; tied with {', '.join(t for t in ties if t != row['configuration'])}"
-                    if len(ties) > 1 else "")
+        ties = [t for t in table[np.isclose(table[metric], row[metric])]["configuration"]
+                if t != row["configuration"]]
+        tie_text = ("" if not ties else f"; tied with {', '.join(ties)}" if len(ties) <= 3
+                    else f"; tied with {len(ties)} other configurations")
         out.append(f"Best for {what}: {row['configuration']} at {row[metric]:.3f} "
                    f"({_interval(row, metric)}){tie_text}.")
     return out

@@ -5,8 +5,11 @@ of every fold pooled: each participant is tested exactly once).  Every score
 comes from :mod:`bids_pcs.metrics`:
 
 - ``dice``: mean Dice over crops (no PCS in truth and prediction scores 1);
-- ``hd95_mm``: mean HD95 over the crops where it is defined (both masks
-  non-empty), in mm at the crop's voxel size;
+- ``hd95_mm``: mean HD95 over the crops where both the true and the
+  predicted mask are non-empty, in mm at the crop's voxel size (a crop with
+  neither scores HD95 0 in :func:`bids_pcs.metrics.hd95`, which would make a
+  model that never finds a sulcus look perfect; it is left out here, and so
+  is a crop with one empty mask, where HD95 is undefined);
 - presence (absent vs present/prominent) from the most probable class:
   ``presence_accuracy``, ``presence_balanced_accuracy``, ``presence_f1``,
   ``presence_auc`` (ranked by ``p_present + p_prominent``),
@@ -54,7 +57,7 @@ def score_rows(rows: Sequence[dict[str, Any]], *, n_resamples: int = 1000, seed:
     if not rows:
         raise ValueError("no test rows to score")
     dice = np.array([float(r["dice"]) for r in rows])
-    hd95 = np.array([np.nan if r["hd95_mm"] is None else float(r["hd95_mm"]) for r in rows])
+    hd95 = np.array([_hd95(r) for r in rows])
     truth = metrics.encode_classes([r["true_class"] for r in rows])
     probabilities = np.array([r["probabilities"] for r in rows], dtype=float)
     participants = [r["participant"] for r in rows]
@@ -84,3 +87,11 @@ def score_rows(rows: Sequence[dict[str, Any]], *, n_resamples: int = 1000, seed:
         warnings.simplefilter("ignore", RuntimeWarning)  # nan means on degenerate resamples
         return metrics.bootstrap_cis(statistic, participants, n_resamples=n_resamples,
                                      level=LEVEL, seed=seed)
+
+
+def _hd95(row: dict[str, Any]) -> float:
+    if row["hd95_mm"] is None:
+        return float("nan")
+    if row.get("true_voxels") == 0 and row.get("predicted_voxels") == 0:
+        return float("nan")  # both empty: right, but no boundary to measure
+    return float(row["hd95_mm"])
