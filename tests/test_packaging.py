@@ -23,3 +23,9 @@ def test_recipes_are_package_data():
 
     on_disk = {p.stem for p in (REPO / "pipelines").glob("*.toml")}
     assert set(available_recipes()) == on_disk
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (REPO / "README.md").read_text().split("```bash\n", 1)[1].splitlines()
+    command = readme[1].split("#", 1)[0].strip()
+    assert command in (REPO / ".ci" / "run").read_text().splitlines()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bids_pcs.io.atomic import atomic_path
+from bids_pcs.training.plots import save_figure
 
 _SHOWN = ("val_dice", "val_presence_accuracy", "val_accuracy_3class", "val_score")
 
@@ -45,8 +45,4 @@ def plot_validation_curve(history: list[dict[str, float]], path: str | os.PathLi
     axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png")
-    plt.close(figure)
-    return Path(path)
+    return save_figure(figure, path)

@@ -23,6 +23,7 @@ Usage::
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from collections.abc import Iterable
 from typing import Any, ClassVar
@@ -35,7 +36,7 @@ from bids_pcs.config import RecipeError
 Batch = dict[str, torch.Tensor]
 
 
-class Objective(nn.Module):
+class Objective(nn.Module, abc.ABC):
     """Base class of every training objective (one file per method).
 
     Class attributes:
@@ -74,6 +75,7 @@ class Objective(nn.Module):
     def setup(self, network: nn.Module) -> None:
         """Build the objective's own modules, sized to ``network``; called once, before training."""
 
+    @abc.abstractmethod
     def losses(self, batch: Batch, network: nn.Module, phase: str) -> dict[str, torch.Tensor]:
         """Losses of one batch in one phase; ``"loss"`` is the one back-propagated.
 
@@ -81,7 +83,6 @@ class Objective(nn.Module):
         float32 (cast network outputs with ``.float()``): the engine runs this under
         bf16 autocast on CUDA.
         """
-        raise NotImplementedError
 
     def trainable_names(self, network: nn.Module) -> list[str]:
         """Network parameters this objective trains by default.

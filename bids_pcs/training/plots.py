@@ -39,6 +39,13 @@ def plot_loss_curve(history: list[dict[str, float]], path: str | os.PathLike[str
     axis.grid(alpha=0.3)
     if keys:
         axis.legend(fontsize=8)
+    return save_figure(figure, path)
+
+
+def save_figure(figure, path: str | os.PathLike[str]) -> Path:
+    """Lay out ``figure``, write it as PNG atomically and free it."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png")
