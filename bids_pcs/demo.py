@@ -288,25 +288,24 @@ def _read_participants(raw_dir: Path) -> list[dict[str, Any]]:
 
 def split_participants(cohort, held_out_fraction: float, seed: int,
                        ) -> tuple[list[str], list[str]]:
-    """Seeded (train, held-out) participant labels, stratified by hemispheres with a sulcus.
+    """Seeded (train, held-out) participant labels: the split of :mod:`bids_pcs.splits`.
 
-    Participants are ordered by how many of their hemispheres have a PCS (0-2),
-    at random within each group, and every k-th is held out, so both parts see
-    absent and present sulci.
+    Stratified by how many hemispheres of a participant have a sulcus
+    (``participants.tsv``), so both parts see absent and present sulci; at
+    least three participants stay for training (fine-tuning holds one of them
+    out for validation).
     """
-    import numpy as np
+    from bids_pcs import splits
 
-    rows = cohort.participants
-    labels = [row["participant_id"].removeprefix("sub-") for row in rows]
-    present = {label: sum(row[c] != "absent" for c in ("pcs_left", "pcs_right"))
-               for label, row in zip(labels, rows, strict=True)}
-    n_held = min(max(1, int(round(held_out_fraction * len(labels)))), len(labels) - 3)
-    rng = np.random.default_rng(seed + 7919)  # not the fine-tuning split's stream
-    shuffled = [labels[i] for i in rng.permutation(len(labels))]
-    ordered = sorted(shuffled, key=lambda s: present[s])
-    step = len(ordered) / n_held
-    held = sorted({ordered[int((j + 0.5) * step)] for j in range(n_held)})
-    return [s for s in labels if s not in held], held
+    hemispheres = [splits.LabelledHemisphere(row["participant_id"].removeprefix("sub-"),
+                                             row["participant_id"], row[column])
+                   for row in cohort.participants for column in ("pcs_left", "pcs_right")]
+    strata = splits.participant_strata(hemispheres)
+    n = len(strata)
+    n_held = min(max(1, int(round(held_out_fraction * n))), n - 3)
+    # counts as weights give exact part sizes; seed + 7919: not the fine-tuning split's stream
+    split = splits.split_participants(strata, (n - n_held, 0, n_held), seed=seed + 7919)
+    return list(split.train), list(split.test)
 
 
 def score_held_out(settings, held_out: list[str]) -> DemoResult:

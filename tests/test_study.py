@@ -20,10 +20,10 @@ from conftest import run_cli
 
 from bids_pcs.config import load_settings
 from bids_pcs.models.model_io import read_model_card
+from bids_pcs.splits import StudySplit
 from bids_pcs.study.plan import Configuration, Pretraining, configuration_key, pretraining_key
 from bids_pcs.study.reading import reading
 from bids_pcs.study.scoring import METRICS
-from bids_pcs.study.split import StudySplit
 from bids_pcs.study.table import COLUMNS
 from bids_pcs.synth import SynthOptions, make_cohort
 

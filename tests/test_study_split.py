@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from bids_pcs.config import RecipeError, StudySettings
 from bids_pcs.errors import InputDataError
 from bids_pcs.finetuning.data import CropInfo
-from bids_pcs.study.split import (
+from bids_pcs.splits import (
     StudySplit,
     check_fractions,
     kfold_splits,
@@ -108,3 +108,33 @@ def test_a_split_refuses_a_participant_in_two_parts():
     split = StudySplit(fold=0, train=("01",), validation=("02",), test=("03",))
     assert StudySplit.from_dict(split.to_dict()) == split
     assert split.part_of("02") == "validation"
+
+
+def test_finetuning_the_study_and_the_demo_hold_out_with_the_one_split():
+    """Fine-tuning's validation part and the demo's held-out part are ``split_participants``."""
+    from finetune_helpers import labelled_crops
+
+    from bids_pcs.demo import split_participants as demo_split
+    from bids_pcs.finetuning import split_by_participant
+
+    subjects = [f"{s:02d}" for s in range(1, 11) for _ in range(4)]
+    data = labelled_crops(40, subjects=subjects)
+    strata = participant_strata(data.info)
+    expected = split_participants(strata, (0.7, 0.3, 0.0), seed=4)
+    train, validation = split_by_participant(data, 0.3, seed=4)
+    assert validation.participants == list(expected.validation)
+    assert train.participants == list(expected.train)
+
+    class Cohort:  # the demo reads participants.tsv rows
+        participants = [{"participant_id": f"sub-{i:02d}",
+                         "pcs_left": ("absent", "present")[i % 2],
+                         "pcs_right": ("absent", "prominent")[i % 3 == 0]}
+                        for i in range(1, 13)]
+
+    train, held = demo_split(Cohort, 0.25, seed=2)
+    demo_strata = {f"{i:02d}": (i % 2) + (i % 3 == 0) for i in range(1, 13)}
+    reference = split_participants(demo_strata, (9, 0, 3), seed=2 + 7919)
+    assert held == list(reference.test) and len(held) == 3
+    assert train == list(reference.train)
+    counts = [sum(demo_strata[s] == k for s in held) for k in range(3)]
+    assert counts == [1, 1, 1]  # strata of 4, 6 and 2 participants: one of each held out

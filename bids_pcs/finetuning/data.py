@@ -37,6 +37,7 @@ import torch
 from bids_pcs.config import HEMISPHERES, Settings
 from bids_pcs.errors import InputDataError
 from bids_pcs.io.labels import LabelRecord, load_dseg
+from bids_pcs.splits import participant_strata, split_participants
 from bids_pcs.training.data import CropSet
 
 if TYPE_CHECKING:
@@ -211,11 +212,9 @@ def split_by_participant(crops: LabelledCrops, validation_fraction: float, seed:
                          ) -> tuple[LabelledCrops, LabelledCrops | None]:
     """A seeded train/validation split in which every participant is on one side only.
 
-    Participants are ordered by how many of their hemispheres have a PCS (0, 1
-    or 2, the most over their sessions), at random within each group, and the
-    validation participants are taken at even steps along that order, so both
-    parts see absent and present sulci in similar proportions.  Both
-    hemispheres and every session of a participant go to the same part.
+    The split of :mod:`bids_pcs.splits` (the study's and the demo's too):
+    stratified by how many hemispheres of a participant have a PCS, both
+    hemispheres and every session of a participant in the same part.
 
     Args:
         crops: every labelled crop.
@@ -229,24 +228,8 @@ def split_by_participant(crops: LabelledCrops, validation_fraction: float, seed:
     if not 0.0 <= validation_fraction < 1.0:
         raise InputDataError(f"[finetune] validation_fraction must be in [0, 1), "
                              f"not {validation_fraction}.")
-    subjects = crops.participants
-    n_validation = int(round(validation_fraction * len(subjects)))
-    if validation_fraction > 0 and len(subjects) >= 2:
-        n_validation = min(max(1, n_validation), len(subjects) - 1)
-    else:
-        n_validation = 0
-    if n_validation == 0:
+    if validation_fraction == 0 or len(crops.participants) < 2:
         return crops, None
-    present: dict[str, int] = {}
-    for item in crops.info:
-        count = sum(1 for other in crops.info if other.prefix == item.prefix
-                    and other.pcs_class != "absent")
-        present[item.subject] = max(present.get(item.subject, 0), count)
-    rng = np.random.default_rng(seed)
-    shuffled = [subjects[i] for i in rng.permutation(len(subjects))]
-    ordered = sorted(shuffled, key=lambda s: present[s])  # stable: random within a stratum
-    step = len(ordered) / n_validation
-    held_out = {ordered[int((j + 0.5) * step)] for j in range(n_validation)}
-    train = crops.select([s for s in subjects if s not in held_out])
-    validation = crops.select(sorted(held_out))
-    return train, validation
+    split = split_participants(participant_strata(crops.info),
+                               (1.0 - validation_fraction, validation_fraction, 0.0), seed=seed)
+    return crops.select(split.train), crops.select(split.validation)

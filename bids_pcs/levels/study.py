@@ -9,7 +9,7 @@ paper (arXiv 2405.19204) on a labelled dataset:
    ``WORK_DIR/study/`` (:mod:`bids_pcs.study.crops`);
 2. the participants are split, seeded and stratified, into train /
    validation / test (``[study]`` fractions, 60/20/20 by default) or into
-   ``[study] folds`` folds (:mod:`bids_pcs.study.split`); ``split.tsv``
+   ``[study] folds`` folds (:mod:`bids_pcs.splits`); ``split.tsv``
    records it;
 3. each pre-training method of the grid is trained once per split, on the
    *training* participants' crops only (validation and test crops are never
@@ -47,6 +47,7 @@ from typing import Any
 from bids_pcs.config import Settings
 from bids_pcs.errors import BidsPcsError, InputDataError
 from bids_pcs.models.model_io import read_model_card
+from bids_pcs.splits import StudySplit, check_fractions, make_splits, participant_strata
 from bids_pcs.study.crops import CropCache, cache_labelled_crops
 from bids_pcs.study.jobs import run_job, write_job
 from bids_pcs.study.outputs import SPLIT_NAME, write_outputs, write_split_table
@@ -64,7 +65,6 @@ from bids_pcs.study.records import (
     pretraining_record_path,
     read_done,
 )
-from bids_pcs.study.split import StudySplit, check_fractions, make_splits, participant_strata
 from bids_pcs.training.distributed import DistContext
 
 LOGGER = logging.getLogger(__name__)

@@ -3,8 +3,8 @@
 The ``study`` level (:mod:`bids_pcs.levels.study`) runs the experiment of the
 source paper (arXiv 2405.19204) from these small parts:
 
-- :mod:`~bids_pcs.study.split`: seeded, stratified participant-level
-  train/validation/test split or k folds;
+- :mod:`bids_pcs.splits` (shared with fine-tuning and the demo): seeded,
+  stratified participant-level train/validation/test split or k folds;
 - :mod:`~bids_pcs.study.plan`: the grid, job names and the keys that decide
   whether a finished job can be reused;
 - :mod:`~bids_pcs.study.crops`: the labelled crops built once and shared with

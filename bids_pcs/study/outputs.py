@@ -25,12 +25,12 @@ import pandas as pd
 from bids_pcs import APP_NAME, __version__
 from bids_pcs.config import Settings
 from bids_pcs.io.atomic import write_text
+from bids_pcs.splits import PARTS, StudySplit
 from bids_pcs.study.crops import CropCache
 from bids_pcs.study.figures import FIGURES_DIR, write_figures
 from bids_pcs.study.page import write_study_page
 from bids_pcs.study.plan import Configuration, Grid, Pretraining
 from bids_pcs.study.records import plain_json, write_record
-from bids_pcs.study.split import PARTS, StudySplit
 from bids_pcs.study.table import results_table, write_table
 
 TABLE_NAME = "study.tsv"

@@ -20,10 +20,10 @@ import pandas as pd
 from bids_pcs import __version__
 from bids_pcs.reports import html as h
 from bids_pcs.reports.figures import file_data_uri
+from bids_pcs.splits import PARTS, StudySplit
 from bids_pcs.study.figures import COST_FIGURES, HEATMAP_EXTRA, LABELS
 from bids_pcs.study.reading import reading
 from bids_pcs.study.scoring import METRICS
-from bids_pcs.study.split import PARTS, StudySplit
 
 _TABLE_SCORES = ("dice", "hd95_mm", "presence_accuracy", "presence_balanced_accuracy",
                  "presence_f1", "presence_auc", "presence_sensitivity", "presence_specificity",

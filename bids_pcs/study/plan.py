@@ -27,7 +27,7 @@ from typing import Any
 
 from bids_pcs import __version__
 from bids_pcs.config import RecipeError, Settings, StudySettings
-from bids_pcs.study.split import StudySplit
+from bids_pcs.splits import StudySplit
 
 SCRATCH = "scratch"
 

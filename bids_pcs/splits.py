@@ -1,4 +1,10 @@
-"""Participant-level splits of the study: train / validation / test, or k folds.
+"""Participant-level splits: train / validation / test, or k folds (the one split module).
+
+Every part of the app that holds participants out uses this module: the
+fine-tuning level's validation participants
+(:func:`bids_pcs.finetuning.split_by_participant`), the study's
+train/validation/test split or folds (:mod:`bids_pcs.levels.study`) and the
+demo's held-out participants (:mod:`bids_pcs.demo`).
 
 The unit is the *participant*: both hemispheres and every session of a
 participant land in the same part, so no test participant's anatomy is ever
@@ -26,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -80,12 +86,24 @@ class StudySplit:
                    **{part: tuple(data[part]) for part in PARTS})
 
 
+class LabelledHemisphere(NamedTuple):
+    """The least a stratum needs to know about one labelled hemisphere.
+
+    :class:`bids_pcs.finetuning.CropInfo` carries the same three fields.
+    """
+
+    subject: str
+    prefix: str
+    pcs_class: str
+
+
 def participant_strata(info: Iterable[Any]) -> dict[str, int]:
     """Stratum of each participant: the most hemispheres with a PCS in any of their images.
 
     Args:
-        info: crop records with ``subject``, ``prefix`` and ``pcs_class``
-            (:class:`bids_pcs.finetuning.CropInfo`).
+        info: hemisphere records with ``subject``, ``prefix`` (the image) and
+            ``pcs_class`` (:class:`LabelledHemisphere`,
+            :class:`bids_pcs.finetuning.CropInfo`).
     """
     per_image: dict[tuple[str, str], int] = {}
     for item in info:
@@ -131,7 +149,8 @@ def split_participants(strata: Mapping[str, int],
     Args:
         strata: participant -> stratum (see :func:`participant_strata`).
         fractions: shares of participants in train, validation and test
-            (summing to 1).  Part sizes are the fractions times the count,
+            (relative weights: they are divided by their sum, so participant
+            counts work too).  Part sizes are the fractions times the count,
             rounded by largest remainder; a part with a positive fraction gets
             at least one participant and train is never empty.
         seed: the same seed and participants give the same split.
@@ -198,7 +217,7 @@ def part_sizes(n: int, fractions: Sequence[float]) -> tuple[int, ...]:
     needed = sum(1 for f in fractions if f > 0)
     if n < needed:
         raise InputDataError(
-            f"The study needs at least {needed} labelled participants for its "
+            f"The split needs at least {needed} labelled participants for its "
             f"{needed} parts (train, validation, test); only {n} passed preprocessing.")
     exact = [f * n / sum(fractions) for f in fractions]
     sizes = [int(np.floor(e)) for e in exact]
