@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from bids_pcs import morphometry
 from bids_pcs.config import LabelSettings
-from bids_pcs.inference import morphometry
-from bids_pcs.inference.morphometry import (
+from bids_pcs.morphometry import (
     measure_dseg,
     measure_pcs,
     pcs_length_mm,

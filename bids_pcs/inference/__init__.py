@@ -4,8 +4,8 @@ Modules, one job each:
 
 - :mod:`~bids_pcs.inference.model`: check (before any work) and load a fine-tuned model;
 - :mod:`~bids_pcs.inference.predict`: both crops as one batch, optional flip TTA;
-- :mod:`~bids_pcs.inference.native`: probabilities on the T1w grid, dseg, measures;
-- :mod:`~bids_pcs.inference.morphometry`: PCS length and volume of a mask;
+- :mod:`~bids_pcs.inference.native`: probabilities on the T1w grid, dseg, measures
+  (length and volume from :mod:`bids_pcs.morphometry`);
 - :mod:`~bids_pcs.inference.writer`: dseg, probsegs and result tables, atomically;
 - :mod:`~bids_pcs.inference.pipeline`: all of it over a list of preprocessed images.
 

@@ -9,7 +9,7 @@ across the midline) the larger probability wins, so the labels never overlap.
 Thresholding *after* the mapping keeps the mask as smooth as the native grid
 allows instead of inheriting the crop's (possibly 2 mm) staircase.
 
-Length and volume come from :func:`bids_pcs.inference.morphometry.measure_dseg`
+Length and volume come from :func:`bids_pcs.morphometry.measure_dseg`
 on that native mask, in the T1w's own millimetres.
 
 Usage::
@@ -28,8 +28,8 @@ import nibabel as nib
 import numpy as np
 
 from bids_pcs.config import HEMISPHERES, LabelSettings
-from bids_pcs.inference.morphometry import PcsMorphometry, measure_dseg
 from bids_pcs.inference.predict import HemispherePrediction
+from bids_pcs.morphometry import PcsMorphometry, measure_dseg
 from bids_pcs.preprocess import PreprocessedImage, crop_to_native
 
 

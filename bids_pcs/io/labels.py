@@ -30,10 +30,10 @@ import pandas as pd
 
 from bids_pcs.config import HEMISPHERES, LabelSettings
 from bids_pcs.errors import InputDataError
-from bids_pcs.inference.morphometry import pcs_length_mm, split_hemispheres
 from bids_pcs.io.bids_input import T1wImage
 from bids_pcs.io.derivatives import dseg_path
 from bids_pcs.io.nifti import load_t1w
+from bids_pcs.morphometry import pcs_length_mm, split_hemispheres
 
 logger = logging.getLogger(__name__)
 
