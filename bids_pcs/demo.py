@@ -316,10 +316,10 @@ def score_held_out(settings, held_out: list[str]) -> DemoResult:
     from bids_pcs import metrics
     from bids_pcs.config import HEMISPHERES
     from bids_pcs.io.bids_input import collect_t1w
-    from bids_pcs.io.derivatives import dseg_path
+    from bids_pcs.io.derivatives import dseg_path, pcs_table_path
     from bids_pcs.io.labels import read_labels
     from bids_pcs.morphometry import split_hemispheres
-    from bids_pcs.reports.results import pcs_table_path, read_pcs_table
+    from bids_pcs.reports.results import read_pcs_table
 
     output_dir = Path(settings.run.output_dir)
     images = collect_t1w(Path(settings.run.bids_dir), held_out)

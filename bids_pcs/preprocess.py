@@ -41,7 +41,7 @@ import numpy as np
 from bids_pcs.config import HEMISPHERES, Settings
 from bids_pcs.errors import BidsPcsError, ImageError
 from bids_pcs.io.bids_input import T1wImage
-from bids_pcs.io.derivatives import crop_path, derivative_path, xfm_path
+from bids_pcs.io.derivatives import crop_path, registration_qc_path, xfm_path
 from bids_pcs.io.nifti import QFORM_SFORM_TOLERANCE_MM, load_t1w, qform_sform_mismatch_mm
 from bids_pcs.spatial.template import TEMPLATE_NAME
 
@@ -116,8 +116,7 @@ def output_paths(output_dir: Path, image: T1wImage) -> _Destinations:
         forward_transform=xfm_path(output_dir, image, extension=TRANSFORM_EXTENSION),
         inverse_transform=xfm_path(output_dir, image, inverse=True,
                                    extension=TRANSFORM_EXTENSION),
-        qc_file=derivative_path(output_dir, image, space=TEMPLATE_NAME, desc="registration",
-                                suffix="qc", extension=".json"),
+        qc_file=registration_qc_path(output_dir, image),
     )
 
 

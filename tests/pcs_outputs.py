@@ -25,14 +25,17 @@ from bids_pcs.config import CropSettings
 from bids_pcs.io.atomic import write_json, write_text
 from bids_pcs.io.bids_input import T1wImage
 from bids_pcs.io.derivatives import (
+    TEMPLATE_SPACE,
     crop_path,
     derivative_path,
     dseg_path,
     init_derivatives,
     probseg_path,
+    registration_qc_path,
     write_sidecar,
 )
 from bids_pcs.reports.registration_figures import template_on_grid
+from bids_pcs.spatial.qc import QC_METRIC
 
 REAL_T1 = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-t1" / \
     "KmeansTest_T1UCharRaw.nii.gz"
@@ -117,10 +120,12 @@ def build_outputs(output_dir: Path, raw_dir: Path) -> list[T1wImage]:
         rng = np.random.default_rng(index)
         for hemisphere in ("L", "R"):
             _write_crop(output_dir, image, hemisphere, crop, rng)
-        write_json(derivative_path(output_dir, image, desc="registration", suffix="qc",
-                                   extension=".json"),
-                   {"correlation": spec.qc_correlation, "threshold": QC_THRESHOLD,
-                    "passed": spec.qc_correlation >= QC_THRESHOLD})
+        # the record the preprocessing writes (bids_pcs.spatial.qc.registration_qc)
+        write_json(registration_qc_path(output_dir, image),
+                   {"Template": TEMPLATE_SPACE, "Metric": QC_METRIC,
+                    "Correlation": {"L": spec.qc_correlation, "R": spec.qc_correlation},
+                    "MinCorrelation": spec.qc_correlation, "Threshold": QC_THRESHOLD,
+                    "Passed": spec.qc_correlation >= QC_THRESHOLD})
         if spec.lengths_mm is not None:
             _write_pcs(output_dir, image, spec, head, rng)
     return images

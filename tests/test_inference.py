@@ -20,11 +20,17 @@ from inference_helpers import RECIPE, copy_outputs, demo_run
 
 from bids_pcs.config import load_settings
 from bids_pcs.io.bids_input import collect_t1w
-from bids_pcs.io.derivatives import dseg_path, probseg_path, sidecar_path
+from bids_pcs.io.derivatives import (
+    PCS_TABLE_COLUMNS,
+    dseg_path,
+    pcs_metadata_path,
+    pcs_table_path,
+    probseg_path,
+    sidecar_path,
+)
 from bids_pcs.io.validator import validate
 from bids_pcs.models.model_io import load_model, model_card, save_model
 from bids_pcs.models.network import build_network
-from bids_pcs.reports.results import PCS_TABLE_COLUMNS, pcs_metadata_path, pcs_table_path
 from bids_pcs.reports.subject import subject_report_path
 
 

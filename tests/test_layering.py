@@ -8,7 +8,6 @@ import sys
 
 import pytest
 
-
 _ABOVE = {"inference", "reports", "levels", "training", "finetuning", "pretraining", "study",
           "preprocess", "workflows", "interfaces", "cli", "demo"}
 

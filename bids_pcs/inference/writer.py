@@ -39,13 +39,15 @@ from bids_pcs.inference.predict import FLIP_DESCRIPTION, HemispherePrediction
 from bids_pcs.io.atomic import atomic_path, write_json, write_text
 from bids_pcs.io.bids_input import T1wImage
 from bids_pcs.io.derivatives import (
+    PCS_TABLE_COLUMNS,
     dseg_path,
+    pcs_metadata_path,
+    pcs_table_path,
     probseg_path,
     sidecar_path,
     write_sidecar,
 )
 from bids_pcs.preprocess import PreprocessedImage
-from bids_pcs.reports.results import PCS_TABLE_COLUMNS, pcs_metadata_path, pcs_table_path
 
 LOGGER = logging.getLogger("bids_pcs.inference")
 NA = "n/a"

@@ -226,6 +226,28 @@ def xfm_path(output_dir: Path, source: T1wImage, *, inverse: bool = False,
                            extension=extension)
 
 
+# per-image PCS results (docs/architecture.md, "Per-image PCS results"): written by
+# inference, read back by the reports, the group level and the demo
+PCS_TABLE_COLUMNS = ("hemisphere", "pcs_class", "p_absent", "p_present", "p_prominent",
+                     "pcs_length_mm", "pcs_volume_mm3", "qc_correlation", "qc_passed")
+
+
+def pcs_table_path(output_dir: Path, source: T1wImage) -> Path:
+    """``<prefix>_desc-pcs_pcs.tsv``: one row per hemisphere (:data:`PCS_TABLE_COLUMNS`)."""
+    return derivative_path(output_dir, source, desc="pcs", suffix="pcs", extension=".tsv")
+
+
+def pcs_metadata_path(output_dir: Path, source: T1wImage) -> Path:
+    """``<prefix>_desc-pcs_pcs.json``: the PCS table's sources, model and thresholds."""
+    return derivative_path(output_dir, source, desc="pcs", suffix="pcs", extension=".json")
+
+
+def registration_qc_path(output_dir: Path, source: T1wImage) -> Path:
+    """The preprocessing's QC record: ``<prefix>_space-<template>_desc-registration_qc.json``."""
+    return derivative_path(output_dir, source, space=TEMPLATE_SPACE, desc="registration",
+                           suffix="qc", extension=".json")
+
+
 def _check_hemisphere(hemisphere: str) -> None:
     if hemisphere not in ("L", "R"):
         raise ValueError(f"hemisphere must be 'L' or 'R', not {hemisphere!r}")

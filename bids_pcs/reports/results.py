@@ -6,9 +6,9 @@ level wrote (see "Per-image PCS results" in docs/architecture.md):
 
 - ``<prefix>_desc-pcs_pcs.tsv`` / ``.json``: classes, probabilities, length,
   volume per hemisphere and the model's provenance (only with ``--model``);
-- ``<prefix>_desc-registration_qc.json``: the registration QC verdict;
-- crops, the dseg and probsegs: located with the :mod:`bids_pcs.io.derivatives`
-  name builders.
+- ``<prefix>_space-<template>_desc-registration_qc.json``: the registration QC verdict;
+- every path (and the PCS table's columns) comes from the
+  :mod:`bids_pcs.io.derivatives` name builders, which the writers use too.
 
 Usage::
 
@@ -32,21 +32,19 @@ from bids_pcs.config import HEMISPHERES, PCS_CLASSES
 from bids_pcs.errors import InputDataError
 from bids_pcs.io.bids_input import T1wImage
 from bids_pcs.io.derivatives import (
-    TEMPLATE_SPACE,
+    PCS_TABLE_COLUMNS,
     crop_path,
-    derivative_path,
     dseg_path,
+    pcs_metadata_path,
+    pcs_table_path,
     probseg_path,
+    registration_qc_path,
     sidecar_path,
 )
 
-PCS_TABLE_COLUMNS = ("hemisphere", "pcs_class", "p_absent", "p_present", "p_prominent",
-                     "pcs_length_mm", "pcs_volume_mm3", "qc_correlation", "qc_passed")
 # the endings that mark an image as processed; the prefix is what precedes them
 _PCS_TABLE_END = "_desc-pcs_pcs.tsv"
-# the preprocessing writes <prefix>_space-<template>_desc-registration_qc.json;
-# records without the space entity (older runs, test fixtures) are read too
-_QC_END = re.compile(r"(_space-[A-Za-z0-9]+)?_desc-registration_qc\.json$")
+_QC_END = re.compile(r"_space-[A-Za-z0-9]+_desc-registration_qc\.json$")
 _CROP_END = re.compile(r"_space-[A-Za-z0-9]+_desc-medialfrontal[LR]_T1w\.nii(\.gz)?$")
 _ENTITY = re.compile(r"^([a-z]+)-([A-Za-z0-9]+)$")
 
@@ -68,7 +66,6 @@ class RegistrationQC:
     correlation: float | None
     threshold: float | None
     passed: bool | None
-    figure: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -103,30 +100,6 @@ class ImageResults:
     @property
     def dseg(self) -> Path:
         return dseg_path(self.output_dir, self.image)
-
-
-def pcs_table_path(output_dir: Path, image: T1wImage) -> Path:
-    """``<prefix>_desc-pcs_pcs.tsv`` of ``image``."""
-    return derivative_path(output_dir, image, desc="pcs", suffix="pcs", extension=".tsv")
-
-
-def pcs_metadata_path(output_dir: Path, image: T1wImage) -> Path:
-    """``<prefix>_desc-pcs_pcs.json`` of ``image``."""
-    return derivative_path(output_dir, image, desc="pcs", suffix="pcs", extension=".json")
-
-
-def registration_qc_path(output_dir: Path, image: T1wImage) -> Path:
-    """The registration QC record of ``image``.
-
-    ``<prefix>_space-MNI152NLin2009aSym_desc-registration_qc.json`` as the
-    preprocessing writes it, else ``<prefix>_desc-registration_qc.json`` when
-    only that one exists.
-    """
-    written = derivative_path(output_dir, image, space=TEMPLATE_SPACE, desc="registration",
-                              suffix="qc", extension=".json")
-    plain = derivative_path(output_dir, image, desc="registration", suffix="qc",
-                            extension=".json")
-    return plain if plain.is_file() and not written.is_file() else written
 
 
 def discover_images(output_dir: Path, subject: str | None = None) -> list[T1wImage]:
@@ -198,7 +171,7 @@ def load_results(output_dir: Path, image: T1wImage) -> ImageResults:
     table = pcs_table_path(output_dir, image)
     hemispheres = read_pcs_table(table) if table.is_file() else {}
     metadata = _read_json(pcs_metadata_path(output_dir, image)) or {}
-    qc = read_registration_qc(registration_qc_path(output_dir, image), output_dir)
+    qc = read_registration_qc(registration_qc_path(output_dir, image))
     if qc is None and hemispheres:
         # an image without a QC file still has the QC columns of its PCS table
         qc = _qc_from_table(table)
@@ -236,24 +209,14 @@ def read_pcs_table(path: Path) -> dict[str, HemisphereResult]:
     return out
 
 
-def read_registration_qc(path: Path, output_dir: Path) -> RegistrationQC | None:
-    """``<prefix>_desc-registration_qc.json``, or ``None`` when it is not there."""
+def read_registration_qc(path: Path) -> RegistrationQC | None:
+    """The preprocessing's QC record (:func:`bids_pcs.spatial.qc.registration_qc`), or ``None``."""
     data = _read_json(path)
     if data is None:
         return None
-    figure = None
-    name = data.get("figure") or data.get("Figure")
-    if isinstance(name, str) and name:
-        # the figure path may be absolute, relative to OUTPUT_DIR or to the json
-        for candidate in (Path(name), Path(output_dir) / name, path.parent / name):
-            if candidate.is_file():
-                figure = candidate
-                break
-    # the preprocessing's record says MinCorrelation / Threshold / Passed
-    correlation = data.get("correlation", data.get("MinCorrelation"))
-    return RegistrationQC(correlation=_number(correlation),
-                          threshold=_number(data.get("threshold", data.get("Threshold"))),
-                          passed=_flag(data.get("passed", data.get("Passed"))), figure=figure)
+    return RegistrationQC(correlation=_number(data.get("MinCorrelation")),
+                          threshold=_number(data.get("Threshold")),
+                          passed=_flag(data.get("Passed")))
 
 
 def _qc_from_table(path: Path) -> RegistrationQC | None:

@@ -23,13 +23,17 @@ from bids_pcs import __version__
 from bids_pcs.config import HEMISPHERES, PCS_CLASSES, LabelSettings
 from bids_pcs.errors import InputDataError
 from bids_pcs.io.bids_input import T1wImage, normalise_label
-from bids_pcs.io.derivatives import TEMPLATE_SPACE
+from bids_pcs.io.derivatives import (
+    TEMPLATE_SPACE,
+    pcs_metadata_path,
+    pcs_table_path,
+    registration_qc_path,
+)
 from bids_pcs.reports import html as h
 from bids_pcs.reports.figures import (
     HEMISPHERE_COLOURS,
     HEMISPHERE_NAMES,
     OUTLINE_COLOURS,
-    file_data_uri,
 )
 from bids_pcs.reports.pcs_figures import load_native, projection_figure, sagittal_figure
 from bids_pcs.reports.registration_figures import SAGITTAL_OFFSETS_MM, registration_figure
@@ -38,9 +42,6 @@ from bids_pcs.reports.results import (
     discover_images,
     find_raw_dataset,
     load_results,
-    pcs_metadata_path,
-    pcs_table_path,
-    registration_qc_path,
 )
 
 LOGGER = logging.getLogger("bids_pcs.reports")
@@ -161,13 +162,6 @@ def _registration_part(result: ImageResults) -> h.Html:
             "grey/white boundary."))
     else:
         parts.append(h.notice("No crop found: preprocessing has not run for this image."))
-    if qc is not None and qc.figure is not None:
-        try:
-            parts.append(h.figure(file_data_uri(qc.figure.read_bytes(), qc.figure.suffix),
-                                  "Registration QC figure of the preprocessing",
-                                  "QC figure written by the preprocessing."))
-        except (OSError, ValueError) as exc:
-            LOGGER.warning("QC figure %s not embedded: %s", qc.figure, exc)
     return h.join(parts)
 
 
