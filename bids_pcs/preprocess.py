@@ -4,8 +4,9 @@
 OUTPUT_DIR (registration to MNI152NLin2009aSym, two medial frontal crops, QC),
 running the Nipype workflow only for images that lack them or whose outputs
 were made with other settings, and returns one :class:`PreprocessedImage` per
-image.  Levels then use :func:`load_crop` for the network's input and
-:func:`crop_to_native` to bring predictions back to the T1w grid.
+image.  Levels then read the network's input with
+:func:`bids_pcs.io.nifti.load_crop`, and inference brings predictions back to
+the T1w grid with :func:`bids_pcs.inference.native.crop_to_native`.
 
 A failed registration QC is never hidden: the image is returned with
 ``qc_passed == False`` (and logged), and callers must skip it. An image that
@@ -18,7 +19,7 @@ Usage::
 
     done = preprocess_images(settings, collect_t1w(bids_dir))
     for item in (d for d in done if d.qc_passed):
-        x = load_crop(item.crops["L"])
+        x = load_crop(item.crops["L"])               # bids_pcs.io.nifti
 """
 
 from __future__ import annotations
@@ -34,9 +35,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import nibabel as nib
-import numpy as np
 
 from bids_pcs.config import HEMISPHERES, Settings
 from bids_pcs.errors import BidsPcsError, ImageError
@@ -404,41 +402,6 @@ def init_preproc_meta_wf(settings: Settings, images: Sequence[T1wImage], output_
                              ("outputnode.qc_file", "qc_file")]),
         ])
     return workflow
-
-
-def load_crop(path: str | Path) -> np.ndarray:
-    """A stored crop as the network sees it: float32 array of shape ``settings.crop.shape_vox``.
-
-    The right crop is already mirrored on disk (when ``crop.mirror_right``),
-    so no flip is needed here.
-    """
-    return np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
-
-
-def crop_to_native(array: np.ndarray, hemisphere: str, preprocessed: PreprocessedImage,
-                   kind: str = "label") -> nib.Nifti1Image:
-    """Map a crop-space ``array`` of ``hemisphere`` back onto the image's native T1w grid.
-
-    Args:
-        array: a map laid out exactly like the stored crop of ``hemisphere``
-            (for the right hemisphere: mirrored, as the network saw it).
-        hemisphere: ``"L"`` or ``"R"``.
-        preprocessed: the image's preprocessing outputs.
-        kind: ``"label"`` (nearest neighbour, uint8) or ``"probability"``
-            (linear, float32 clipped to [0, 1]).
-    """
-    from bids_pcs.spatial.crops import resample_to_native
-
-    if kind not in ("label", "probability"):
-        raise ValueError(f"kind must be 'label' or 'probability', not {kind!r}")
-    crop_file = nib.load(str(preprocessed.crops[hemisphere]))
-    if tuple(array.shape) != tuple(crop_file.shape):
-        raise ValueError(f"array shape {tuple(array.shape)} differs from the crop's "
-                         f"{tuple(crop_file.shape)}")
-    crop_img = nib.Nifti1Image(np.asarray(array, dtype=np.float32), crop_file.affine)
-    native = nib.load(str(preprocessed.image.path))
-    reference = nib.Nifti1Image(np.zeros(native.shape[:3], dtype=np.uint8), native.affine)
-    return resample_to_native(crop_img, reference, [preprocessed.inverse_transform], kind=kind)
 
 
 def _metadata(settings: Settings) -> dict[str, Any]:

@@ -28,3 +28,9 @@ def test_the_label_reader_and_derivative_paths_import_nothing_from_above(module)
     assert module in loaded
     above = {m for m in loaded if m.split(".")[1:2] and m.split(".")[1] in _ABOVE}
     assert not above, f"{module} imports {sorted(above)}"
+
+
+def test_training_data_reads_crops_without_importing_inference():
+    """Fine-tuning and inference both read crops (io.nifti.load_crop); neither imports the other."""
+    loaded = _imported("bids_pcs.finetuning.data")
+    assert not {m for m in loaded if m.startswith("bids_pcs.inference")}

@@ -10,8 +10,10 @@ import pytest
 from preprocess_helpers import dice, rigid_motion
 
 from bids_pcs.config import CropSettings, IntensitySettings, load_settings
+from bids_pcs.inference.native import crop_to_native
 from bids_pcs.io.bids_input import T1wImage
-from bids_pcs.preprocess import PreprocessedImage, crop_to_native, load_crop
+from bids_pcs.io.nifti import load_crop
+from bids_pcs.preprocess import PreprocessedImage
 from bids_pcs.spatial.antsio import import_ants
 from bids_pcs.spatial.crops import (
     box_mask,

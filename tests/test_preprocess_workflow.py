@@ -23,8 +23,9 @@ from bids_pcs.config import Settings, load_settings
 from bids_pcs.errors import ModelFileError
 from bids_pcs.io.bids_input import collect_t1w
 from bids_pcs.io.derivatives import crop_path, init_derivatives, sidecar_path, xfm_path
+from bids_pcs.io.nifti import load_crop
 from bids_pcs.levels import participant
-from bids_pcs.preprocess import PreprocessedImage, load_crop, preprocess_images
+from bids_pcs.preprocess import PreprocessedImage, preprocess_images
 from bids_pcs.spatial.antsio import import_ants, to_ants, to_nibabel
 from bids_pcs.spatial.crops import box_mask, crop_affine, resample_to_native
 from bids_pcs.spatial.template import load_template

@@ -174,7 +174,7 @@ def load_labelled_crops(settings: Settings,
     Raises:
         InputDataError: nothing to load, or a crop of another shape than the recipe's.
     """
-    from bids_pcs.preprocess import load_crop
+    from bids_pcs.io.nifti import load_crop
 
     if not pairs:
         raise InputDataError("No labelled image passed preprocessing; nothing to fine-tune on.")

@@ -1,7 +1,7 @@
 """From crop-grid predictions to the native T1w grid: probability maps, dseg, measures.
 
 Each hemisphere's P(PCS) is mapped back through the inverse registration
-(:func:`bids_pcs.preprocess.crop_to_native`, linear interpolation, 0 outside
+(:func:`crop_to_native`, linear interpolation, 0 outside
 the crop box). The dseg then labels a native voxel as left PCS
 (``labels.dseg_left``) where P(left) exceeds the threshold, right PCS where
 P(right) does; where both do (the two boxes overlap by a few millimetres
@@ -30,7 +30,7 @@ import numpy as np
 from bids_pcs.config import HEMISPHERES, LabelSettings
 from bids_pcs.inference.predict import HemispherePrediction
 from bids_pcs.morphometry import PcsMorphometry, measure_dseg
-from bids_pcs.preprocess import PreprocessedImage, crop_to_native
+from bids_pcs.preprocess import PreprocessedImage
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,32 @@ class NativeMaps:
     dseg: np.ndarray
     affine: np.ndarray
     morphometry: dict[str, PcsMorphometry]
+
+
+def crop_to_native(array: np.ndarray, hemisphere: str, preprocessed: PreprocessedImage,
+                   kind: str = "label") -> nib.Nifti1Image:
+    """Map a crop-space ``array`` of ``hemisphere`` back onto the image's native T1w grid.
+
+    Args:
+        array: a map laid out exactly like the stored crop of ``hemisphere``
+            (for the right hemisphere: mirrored, as the network saw it).
+        hemisphere: ``"L"`` or ``"R"``.
+        preprocessed: the image's preprocessing outputs.
+        kind: ``"label"`` (nearest neighbour, uint8) or ``"probability"``
+            (linear, float32 clipped to [0, 1]).
+    """
+    from bids_pcs.spatial.crops import resample_to_native
+
+    if kind not in ("label", "probability"):
+        raise ValueError(f"kind must be 'label' or 'probability', not {kind!r}")
+    crop_file = nib.load(str(preprocessed.crops[hemisphere]))
+    if tuple(array.shape) != tuple(crop_file.shape):
+        raise ValueError(f"array shape {tuple(array.shape)} differs from the crop's "
+                         f"{tuple(crop_file.shape)}")
+    crop_img = nib.Nifti1Image(np.asarray(array, dtype=np.float32), crop_file.affine)
+    native = nib.load(str(preprocessed.image.path))
+    reference = nib.Nifti1Image(np.zeros(native.shape[:3], dtype=np.uint8), native.affine)
+    return resample_to_native(crop_img, reference, [preprocessed.inverse_transform], kind=kind)
 
 
 def dseg_from_probabilities(probabilities: Mapping[str, np.ndarray], threshold: float,

@@ -37,7 +37,8 @@ from bids_pcs.inference.native import to_native
 from bids_pcs.inference.predict import predict_hemispheres
 from bids_pcs.inference.writer import WriteContext, write_image_results, write_qc_failed
 from bids_pcs.io.bids_input import T1wImage
-from bids_pcs.preprocess import PreprocessedImage, load_crop
+from bids_pcs.io.nifti import load_crop
+from bids_pcs.preprocess import PreprocessedImage
 from bids_pcs.runlog import progress
 
 LOGGER = logging.getLogger("bids_pcs.inference")

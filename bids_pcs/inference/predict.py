@@ -69,7 +69,7 @@ def predict_hemispheres(network: nn.Module, crops: Mapping[str, np.ndarray], *,
         network: a fine-tuned :class:`~bids_pcs.models.network.PcsNetwork` (put in
             eval mode here).
         crops: ``{"L": array, "R": array}``, each of the recipe's crop shape, as
-            :func:`bids_pcs.preprocess.load_crop` returns them.
+            :func:`bids_pcs.io.nifti.load_crop` returns them.
         device: where to run (default: the network's device).
         flip_tta: also predict the x-flipped crops and average (see module doc).
 

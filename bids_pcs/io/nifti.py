@@ -118,3 +118,12 @@ def _short(exc: Exception, path: Path | None = None) -> str:
     if path is not None:
         text = text.replace(str(path), path.name)
     return text[:160]
+
+
+def load_crop(path: str | Path) -> np.ndarray:
+    """A stored crop as the network sees it: float32 array of shape ``settings.crop.shape_vox``.
+
+    The right crop is already mirrored on disk (when ``crop.mirror_right``),
+    so no flip is needed here.
+    """
+    return np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
