@@ -2,14 +2,14 @@
 
 Each image runs in a fresh Python process (so peak memory is that image's
 alone), through the same code as ``bids_pcs participant`` without a model:
-the Nipype workflow with the Linear plugin and ``--omp-nthreads`` ITK threads,
-derivatives written.  Reported: the workflow's wall time (imports excluded)
-and the process's peak resident memory, for the default recipe and with the
-deformable stage.
+the Nipype workflow with the Linear plugin (ITK runs one thread: see
+``bids_pcs.spatial.antsio.ITK_THREADS``), derivatives written.  Reported: the
+workflow's wall time (imports excluded) and the process's peak resident
+memory, for the default recipe and with the deformable stage.
 
 Usage::
 
-    python benchmarks/bench_preprocess.py [--threads 2] [IMAGE ...]
+    python benchmarks/bench_preprocess.py [IMAGE ...]
 
 Without images it uses ``../shared/data/real-t1/KmeansTest_T1UCharRaw.nii.gz``
 and Colin27 (``/usr/share/mricron/templates/ch2.nii.gz``, Debian mricron-data).
@@ -33,7 +33,7 @@ DEFAULT_IMAGES = (
 )
 
 
-def run_one(image: Path, threads: int, deformable: bool) -> dict:
+def run_one(image: Path, deformable: bool) -> dict:
     """Preprocess ``image`` in this process; return wall seconds and peak memory."""
     from bids_pcs.config import load_settings
     from bids_pcs.io.bids_input import collect_t1w
@@ -49,7 +49,7 @@ def run_one(image: Path, threads: int, deformable: bool) -> dict:
         (anat / "sub-bench_T1w.nii.gz").symlink_to(image.resolve())
         settings = load_settings("default", overrides={
             "run": {"bids_dir": str(root / "bids"), "output_dir": str(root / "out"),
-                    "work_dir": str(root / "work"), "nprocs": 1, "omp_nthreads": threads},
+                    "work_dir": str(root / "work"), "nprocs": 1, "omp_nthreads": 1},
             "registration": {"deformable": deformable},
         })
         init_derivatives(root / "out", root / "bids")
@@ -65,18 +65,17 @@ def run_one(image: Path, threads: int, deformable: bool) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="*", type=Path)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--one", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--deformable", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.threads, args.deformable)))
+        print(json.dumps(run_one(args.one, args.deformable)))
         return
     images = args.images or [p for p in DEFAULT_IMAGES if p.is_file()]
     print(f"{'image':40s} {'config':11s} {'wall (s)':>9s} {'peak (MB)':>10s} {'QC':>6s}")
     for image in images:
         for deformable in (False, True):
-            cmd = [sys.executable, __file__, "--one", str(image), "--threads", str(args.threads)]
+            cmd = [sys.executable, __file__, "--one", str(image)]
             if deformable:
                 cmd.append("--deformable")
             out = subprocess.run(cmd, capture_output=True, text=True, check=True)

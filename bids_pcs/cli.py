@@ -112,7 +112,8 @@ def _validate_device(_ctx: click.Context, _param: click.Parameter, value: str) -
 @click.option("--nprocs", type=click.IntRange(min=1), default=None,
               help="Images processed in parallel (default: all available CPUs).")
 @click.option("--omp-nthreads", type=click.IntRange(min=1), default=None,
-              help="Threads per process for ITK/ANTs and PyTorch (default: min(nprocs, 8)).")
+              help="Threads per process for PyTorch (default: min(nprocs, 8)); ANTs runs "
+                   "one thread per image, so that registrations repeat exactly.")
 @click.option("--device", default="auto", show_default=True, callback=_validate_device,
               help="Compute device for the network: auto, cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=0, show_default=True,
@@ -368,9 +369,8 @@ def _keep_caches_in_tmp() -> None:
 
 
 def _set_threads(n: int) -> None:
-    # ITK reads this when ANTs starts; BLAS and torch read theirs at import
-    for name in ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS",
-                 "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    # BLAS and torch read these at import (ITK's count is fixed by spatial.antsio)
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = str(n)
 
 

@@ -87,7 +87,7 @@ class DemoResult:
 @click.option("--nprocs", type=click.IntRange(min=1), default=None,
               help="Processes for the cohort and preprocessing (default: all CPUs).")
 @click.option("--omp-nthreads", type=click.IntRange(min=1), default=None,
-              help="Threads per process for ITK and PyTorch (default: min(nprocs, 8)).")
+              help="Threads per process for PyTorch (default: min(nprocs, 8)).")
 @click.option("--device", default="auto", show_default=True,
               help="Where the network runs: auto, cpu, cuda or cuda:N.")
 @click.option("-w", "--work-dir", type=click.Path(path_type=Path),

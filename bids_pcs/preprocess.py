@@ -153,7 +153,7 @@ def preprocess_images(
     """Preprocess every image lacking up-to-date derivatives; return all of them, in order.
 
     Args:
-        settings: run settings (``run.nprocs``, ``run.omp_nthreads`` and the
+        settings: run settings (``run.nprocs``: images in parallel, and the
             template, crop, registration and intensity sections).
         images: the T1w images (see :func:`bids_pcs.io.bids_input.collect_t1w`).
         output_dir: the derivative dataset (default ``settings.run.output_dir``),
@@ -167,9 +167,6 @@ def preprocess_images(
             its crash file); raised after every other image is done, and
             carrying their results (``done``).
     """
-    from bids_pcs.spatial.antsio import set_itk_threads
-
-    set_itk_threads(settings.run.omp_nthreads)
     output_dir = Path(output_dir or settings.run.output_dir).absolute()
     done: dict[T1wImage, PreprocessedImage] = {}
     todo: list[T1wImage] = []
@@ -381,8 +378,7 @@ def init_preproc_meta_wf(settings: Settings, images: Sequence[T1wImage], output_
     metadata = _metadata(settings)
     for image in images:
         name = _workflow_name(image)
-        preproc = init_pcs_preproc_wf(settings=settings,
-                                      omp_nthreads=settings.run.omp_nthreads, name=name)
+        preproc = init_pcs_preproc_wf(settings=settings, name=name)
         preproc.inputs.inputnode.t1w = str(image.path)
         where = output_paths(output_dir, image)
         sink = pe.Node(

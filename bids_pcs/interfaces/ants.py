@@ -1,8 +1,10 @@
 """Nipype interfaces over antspyx's Python API (antspyx ships no command-line tools).
 
-Each interface imports antspyx inside ``_run_interface``, after setting ITK's
-thread count from ``num_threads``, so building a workflow stays cheap and each
-worker process sizes ITK's thread pool as the node declares (``n_procs``).
+Each interface imports antspyx inside ``_run_interface``, so building a
+workflow stays cheap.  ITK runs one thread per process (see
+:data:`bids_pcs.spatial.antsio.ITK_THREADS`: multi-threaded mutual information
+does not repeat), so every node declares one process and Nipype runs images
+side by side.
 """
 
 from __future__ import annotations
@@ -22,15 +24,9 @@ from nipype.interfaces.base import (
 
 from bids_pcs.config import HEMISPHERES, RegistrationSettings
 from bids_pcs.interfaces._geometry import add_crop_traits, crop_from_inputs
-from bids_pcs.spatial.antsio import set_itk_threads
 
 
-class _ThreadedInputSpec(BaseInterfaceInputSpec):
-    num_threads = traits.Int(1, usedefault=True, nohash=True,
-                             desc="ITK threads (does not change results)")
-
-
-class _N4InputSpec(_ThreadedInputSpec):
+class _N4InputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="T1w image")
 
 
@@ -46,7 +42,6 @@ class N4BiasFieldCorrection(SimpleInterface):
     output_spec = _N4OutputSpec
 
     def _run_interface(self, runtime):
-        set_itk_threads(self.inputs.num_threads)
         from bids_pcs.spatial.intensity import n4_correct
 
         corrected, field = n4_correct(nib.load(self.inputs.in_file))
@@ -58,7 +53,7 @@ class N4BiasFieldCorrection(SimpleInterface):
 
 
 @add_crop_traits
-class _RegisterInputSpec(_ThreadedInputSpec):
+class _RegisterInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="bias-corrected T1w image")
     coarse_mm = traits.Float(4.0, usedefault=True, desc="first affine level (mm)")
     fine_mm = traits.Float(2.0, usedefault=True, desc="last affine level (mm)")
@@ -82,7 +77,6 @@ class RegisterToTemplate(SimpleInterface):
     output_spec = _RegisterOutputSpec
 
     def _run_interface(self, runtime):
-        set_itk_threads(self.inputs.num_threads)
         from bids_pcs.spatial.registration import register_to_template
 
         settings = RegistrationSettings(
@@ -100,7 +94,7 @@ class RegisterToTemplate(SimpleInterface):
 
 
 @add_crop_traits
-class _ResampleCropsInputSpec(_ThreadedInputSpec):
+class _ResampleCropsInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="native-space T1w image")
     transforms = InputMultiObject(File(exists=True), mandatory=True,
                                   desc="T1w -> template transforms, as ANTs applies them")
@@ -121,7 +115,6 @@ class ResampleCrops(SimpleInterface):
     output_spec = _ResampleCropsOutputSpec
 
     def _run_interface(self, runtime):
-        set_itk_threads(self.inputs.num_threads)
         from bids_pcs.spatial.crops import resample_to_crop
 
         image = nib.load(self.inputs.in_file)

@@ -16,20 +16,22 @@ if TYPE_CHECKING:
     import ants
 
 
-def set_itk_threads(n_threads: int) -> None:
-    """Let ITK (under antspyx) use ``n_threads`` threads in this process.
+# ITK runs one thread per process.  ITK's Mattes mutual information adds the
+# per-thread parts of its joint histogram derivatives in whatever order the
+# threads finish, so with two threads or more the same registration gives
+# (slightly) different transforms from run to run, enough to change the winning
+# start pose; with one it repeats byte for byte.  Preprocessing runs images in
+# parallel instead (``--nprocs``), which keeps the cores busy as well.
+ITK_THREADS = 1
 
-    ITK reads the variable when its global thread pool is first sized, so it is
-    set before antspyx is imported; once imported, the pool is resized too.
+
+def import_ants():  # noqa: ANN201 - the module
+    """Import antspyx with ITK limited to :data:`ITK_THREADS` threads.
+
+    ITK sizes its thread pool from the variable when it first starts, so it is
+    set before the first import of antspyx in each process.
     """
-    n_threads = max(1, int(n_threads))
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(n_threads)
-
-
-def import_ants(n_threads: int | None = None):  # noqa: ANN201 - the module
-    """Import antspyx after setting the ITK thread count (when given)."""
-    if n_threads is not None:
-        set_itk_threads(n_threads)
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(ITK_THREADS)
     import ants
 
     return ants

@@ -24,7 +24,11 @@ minute on two cores while the crops only need millimetre accuracy:
 
 One ``antsRegistration`` call runs stages 2-4 from the initial transform and
 writes composite (``.h5``) forward and inverse transforms.  Point sampling is
-seeded (``random_seed``), so results repeat.
+seeded (``random_seed``), so the same image, seed and thread count give the
+same transforms byte for byte.  ANTs reads a seed of 0 as "seed from the
+clock" (every fit of the start search then sampled other points, and the
+winning start rotation changed from run to run), so the seed passed to it is
+never 0: see :func:`ants_random_seed`.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import nibabel as nib
 import numpy as np
 
 from bids_pcs.config import CropSettings, RegistrationSettings
+from bids_pcs.io.hdf5_times import clear_object_times
 from bids_pcs.spatial.antsio import downsample, import_ants, to_ants, to_nibabel
 from bids_pcs.spatial.brainmask import rough_brain_mask
 from bids_pcs.spatial.crops import box_mask
@@ -124,7 +129,7 @@ def register_to_template(
         "--output", str(out_dir / "reg_"),
         "--initial-moving-transform", str(initial),
         "--collapse-output-transforms", "1", "--write-composite-transform", "1",
-        "--random-seed", str(settings.random_seed),
+        "--random-seed", str(ants_random_seed(settings.random_seed)),
         # whole brain at coarse_mm; heavy smoothing widens the capture range
         "--transform", "Affine[0.1]",
         "--metric", _mi(paths, _COARSE_SAMPLING, moving="moving_brain"),
@@ -165,7 +170,20 @@ def register_to_template(
     inverse = out_dir / "reg_InverseComposite.h5"
     if not (forward.is_file() and inverse.is_file()):
         raise RuntimeError(f"antsRegistration wrote no composite transforms in {out_dir}")
+    for transform in (forward, inverse):
+        clear_object_times(transform)  # HDF5 stamps write times: same transform, same file
     return RegistrationResult(forward, inverse, rotation, metric)
+
+
+def ants_random_seed(seed: int) -> int:
+    """The ``--random-seed`` given to antsRegistration for the app's ``seed``.
+
+    antsRegistration takes 0 (its default) to mean "seed from the system
+    clock", which made the app's default seed 0 irreproducible; seeds >= 0
+    are shifted by one (0 -> 1, 1 -> 2, ...) and negative ones kept, so
+    distinct seeds stay distinct and none is 0.
+    """
+    return seed + 1 if seed >= 0 else seed
 
 
 def _initialise(moving, settings: RegistrationSettings, out_dir: Path):
@@ -230,7 +248,7 @@ def _fit(prefix: Path, start: Path, paths: dict[str, Path], transform: str, iter
     _ants_registration([
         "--dimensionality", "3", "--float", "1", "--output", str(prefix),
         "--initial-moving-transform", str(start),
-        "--collapse-output-transforms", "1", "--random-seed", str(seed),
+        "--collapse-output-transforms", "1", "--random-seed", str(ants_random_seed(seed)),
         "--transform", transform, "--metric", _mi(paths, sampling),
         "--convergence", f"[{iterations},1e-6,10]",
         "--shrink-factors", "1", "--smoothing-sigmas", "0vox",

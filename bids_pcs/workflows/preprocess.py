@@ -16,8 +16,7 @@ from bids_pcs.interfaces.crops import NormaliseCropIntensity, RegistrationQC
 from bids_pcs.interfaces.images import LoadT1w
 
 
-def init_pcs_preproc_wf(*, settings: Settings, omp_nthreads: int = 1,
-                        name: str = "pcs_preproc_wf") -> pe.Workflow:
+def init_pcs_preproc_wf(*, settings: Settings, name: str = "pcs_preproc_wf") -> pe.Workflow:
     """Register a T1w image to MNI152NLin2009aSym and crop each hemisphere's medial frontal box.
 
     Workflow graph::
@@ -28,8 +27,6 @@ def init_pcs_preproc_wf(*, settings: Settings, omp_nthreads: int = 1,
     ----------
     settings
         Run settings; reads ``template``, ``crop``, ``registration`` and ``intensity``.
-    omp_nthreads
-        ITK threads per node (``--omp-nthreads``).
     name
         Workflow name (unique per image inside a meta-workflow).
 
@@ -66,12 +63,11 @@ def init_pcs_preproc_wf(*, settings: Settings, omp_nthreads: int = 1,
     register = pe.Node(
         RegisterToTemplate(coarse_mm=reg.coarse_mm, fine_mm=reg.fine_mm,
                            refine_on_region=reg.refine_on_region, deformable=reg.deformable,
-                           random_seed=reg.random_seed, num_threads=omp_nthreads,
-                           **crop_inputs(settings.crop)),
-        name="register", n_procs=omp_nthreads, mem_gb=2.0 if reg.deformable else 1.0,
+                           random_seed=reg.random_seed, **crop_inputs(settings.crop)),
+        name="register", mem_gb=2.0 if reg.deformable else 1.0,
     )
-    resample = pe.Node(ResampleCrops(num_threads=omp_nthreads, **crop_inputs(settings.crop)),
-                       name="resample_crops", n_procs=omp_nthreads, mem_gb=0.7)
+    resample = pe.Node(ResampleCrops(**crop_inputs(settings.crop)), name="resample_crops",
+                       mem_gb=0.7)
     normalise = pe.Node(
         NormaliseCropIntensity(method=settings.intensity.method,
                                lower_percentile=settings.intensity.lower_percentile,
@@ -94,8 +90,7 @@ def init_pcs_preproc_wf(*, settings: Settings, omp_nthreads: int = 1,
         (qc, outputnode, [("out_file", "qc_file"), ("passed", "qc_passed")]),
     ])
     if reg.n4:
-        n4 = pe.Node(N4BiasFieldCorrection(num_threads=omp_nthreads), name="n4",
-                     n_procs=omp_nthreads, mem_gb=1.0)
+        n4 = pe.Node(N4BiasFieldCorrection(), name="n4", mem_gb=1.0)
         workflow.connect([
             (load, n4, [("out_file", "in_file")]),
             (n4, register, [("out_file", "in_file")]),
