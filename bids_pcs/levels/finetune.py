@@ -47,14 +47,9 @@ from bids_pcs.finetuning import (
     load_labelled_crops,
     split_by_participant,
 )
-from bids_pcs.io.bids_input import collect_t1w
 from bids_pcs.io.labels import LabelRecord, read_labels
-from bids_pcs.training.distributed import (
-    DistContext,
-    barrier,
-    init_distributed,
-    shutdown_distributed,
-)
+from bids_pcs.levels.training_inputs import preprocessed_passing_qc, selected_images
+from bids_pcs.training.distributed import DistContext, init_distributed, shutdown_distributed
 
 if TYPE_CHECKING:
     from bids_pcs.preprocess import PreprocessedImage
@@ -126,33 +121,16 @@ def collect_labelled(settings: Settings, context: DistContext,
     Returns:
         The pairs, and what was skipped (``unlabelled`` and ``qc_failed`` prefixes).
     """
-    from bids_pcs import preprocess  # Nipype and ANTs only when a level needs them
-
     run_settings = settings.run
-    images = collect_t1w(Path(run_settings.bids_dir), run_settings.participant_label,
-                         run_settings.session_label)
-    if not images:
-        raise InputDataError(f"No T1w images selected in {run_settings.bids_dir}; check "
-                             "--participant-label and --session-label.")
+    images = selected_images(settings)
     # images without a dseg cannot be supervised: skipped (and logged) by read_labels
     records = read_labels(run_settings.labels, images, settings.labels,
                           bids_dir=run_settings.bids_dir, require_all=False)
     labelled_images = [record.image for record in records]
     unlabelled = sorted({im.prefix for im in images} - {im.prefix for im in labelled_images})
-    if context.is_main:
-        results = list(preprocess.preprocess_images(settings, labelled_images))
-    barrier(context)
-    if not context.is_main:
-        results = [preprocess.load_preprocessed(settings, image) for image in labelled_images]
-    pairs = []
-    qc_failed = []
-    for record, result in zip(records, results, strict=True):
-        if result is None or not result.qc_passed:
-            LOGGER.warning("Skipping %s: registration failed quality control.",
-                           record.image.prefix)
-            qc_failed.append(record.image.prefix)
-            continue
-        pairs.append((result, record))
+    results, qc_failed = preprocessed_passing_qc(settings, labelled_images, context)
+    pairs = [(result, record) for record, result in zip(records, results, strict=True)
+             if result is not None]
     if not pairs:
         raise InputDataError(
             f"No labelled T1w image passed registration quality control under "
