@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -47,12 +46,8 @@ from bids_pcs.finetuning import (
     load_labelled_crops,
     split_by_participant,
 )
-from bids_pcs.io.labels import LabelRecord, read_labels
-from bids_pcs.levels.training_inputs import preprocessed_passing_qc, selected_images
+from bids_pcs.levels.training_inputs import collect_labelled
 from bids_pcs.training.distributed import DistContext, init_distributed, shutdown_distributed
-
-if TYPE_CHECKING:
-    from bids_pcs.preprocess import PreprocessedImage
 
 LOGGER = logging.getLogger(__name__)
 
@@ -112,28 +107,3 @@ def _finetune(settings: Settings, context: DistContext, device: torch.device) ->
     LOGGER.info("Fine-tuned model written to %s (%s trainable parameters%s).", model_dir,
                 f"{result.strategy['trainable_parameters']:,}",
                 f"; validation at the kept epoch: {scores}" if scores else "")
-
-
-def collect_labelled(settings: Settings, context: DistContext,
-                     ) -> tuple[list[tuple[PreprocessedImage, LabelRecord]], dict[str, Any]]:
-    """(preprocessing outputs, labels) of every selected, labelled image that passed QC.
-
-    Returns:
-        The pairs, and what was skipped (``unlabelled`` and ``qc_failed`` prefixes).
-    """
-    run_settings = settings.run
-    images = selected_images(settings)
-    # images without a dseg cannot be supervised: skipped (and logged) by read_labels
-    records = read_labels(run_settings.labels, images, settings.labels,
-                          bids_dir=run_settings.bids_dir, require_all=False)
-    labelled_images = [record.image for record in records]
-    unlabelled = sorted({im.prefix for im in images} - {im.prefix for im in labelled_images})
-    results, qc_failed = preprocessed_passing_qc(settings, labelled_images, context)
-    pairs = [(result, record) for record, result in zip(records, results, strict=True)
-             if result is not None]
-    if not pairs:
-        raise InputDataError(
-            f"No labelled T1w image passed registration quality control under "
-            f"{run_settings.output_dir}; check the participant level's QC records and reports."
-        )
-    return pairs, {"unlabelled": unlabelled, "qc_failed": qc_failed}

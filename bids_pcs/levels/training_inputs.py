@@ -1,7 +1,8 @@
 """What the training levels share: the selected images, preprocessed, that passed QC.
 
 ``pretrain`` learns from the crops of every selected image, ``finetune`` and
-``study`` from those of the labelled ones; all three follow one skeleton:
+``study`` from those of the labelled ones (:func:`collect_labelled`); all
+three follow one skeleton:
 
 1. the selected T1w images (:func:`selected_images`; none is an error);
 2. preprocessing of those missing their crops, on the first process only
@@ -20,11 +21,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bids_pcs.config import Settings
 from bids_pcs.errors import InputDataError
 from bids_pcs.io.bids_input import T1wImage, collect_t1w
+from bids_pcs.io.labels import LabelRecord, read_labels
 from bids_pcs.training.distributed import DistContext, barrier
 
 if TYPE_CHECKING:
@@ -73,3 +75,28 @@ def preprocessed_passing_qc(settings: Settings, images: Sequence[T1wImage],
         else:
             kept.append(result)
     return kept, qc_failed
+
+
+def collect_labelled(settings: Settings, context: DistContext,
+                     ) -> tuple[list[tuple[PreprocessedImage, LabelRecord]], dict[str, Any]]:
+    """(preprocessing outputs, labels) of every selected, labelled image that passed QC.
+
+    Returns:
+        The pairs, and what was skipped (``unlabelled`` and ``qc_failed`` prefixes).
+    """
+    run_settings = settings.run
+    images = selected_images(settings)
+    # images without a dseg cannot be supervised: skipped (and logged) by read_labels
+    records = read_labels(run_settings.labels, images, settings.labels,
+                          bids_dir=run_settings.bids_dir, require_all=False)
+    labelled_images = [record.image for record in records]
+    unlabelled = sorted({im.prefix for im in images} - {im.prefix for im in labelled_images})
+    results, qc_failed = preprocessed_passing_qc(settings, labelled_images, context)
+    pairs = [(result, record) for record, result in zip(records, results, strict=True)
+             if result is not None]
+    if not pairs:
+        raise InputDataError(
+            f"No labelled T1w image passed registration quality control under "
+            f"{run_settings.output_dir}; check the participant level's QC records and reports."
+        )
+    return pairs, {"unlabelled": unlabelled, "qc_failed": qc_failed}

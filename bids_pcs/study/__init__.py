@@ -9,6 +9,7 @@ source paper (arXiv 2405.19204) from these small parts:
   whether a finished job can be reused;
 - :mod:`~bids_pcs.study.crops`: the labelled crops built once and shared with
   every job through one file;
+- :mod:`~bids_pcs.study.runner`: the jobs in turn, finished ones skipped;
 - :mod:`~bids_pcs.study.jobs` and :mod:`~bids_pcs.study.worker`: each
   pre-training and configuration in its own process, with its time and peak
   memory (:mod:`~bids_pcs.study.memory`);
