@@ -154,3 +154,24 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(DeviceError, match="no CUDA GPU"):
             resolve_device("cuda:1")
+
+
+def test_peak_memory_is_this_process_s_own_even_after_exec_from_a_big_parent():
+    """``ru_maxrss`` survives exec; the engine's (and the study's) figure must not."""
+    import subprocess
+    import sys
+
+    child = ("import resource; from training_helpers import tiny_cnn; "
+             "from training_helpers import PlainRestoration; "
+             "from bids_pcs.training.engine import Engine, TrainConfig; "
+             "network = tiny_cnn(); objective = PlainRestoration(); objective.setup(network); "
+             "engine = Engine(network, objective, TrainConfig(epochs=1, progress=False)); "
+             "print(engine.peak_memory_mb(), "
+             "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    parent = ("import os, sys, numpy; big = numpy.ones(1200 * 2**20 // 8); "
+              f"os.execv(sys.executable, [sys.executable, '-c', {child!r}])")
+    done = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True,
+                          check=True, timeout=120, cwd=os.path.dirname(__file__))
+    engine_peak, inherited = map(float, done.stdout.split()[-2:])
+    assert inherited > 1200  # the parent's 1.2 GB array, reported by ru_maxrss
+    assert engine_peak < 1000  # the child's own peak: torch and a tiny network

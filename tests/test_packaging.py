@@ -25,6 +25,15 @@ def test_recipes_are_package_data():
     assert set(available_recipes()) == on_disk
 
 
+def test_every_package_data_pattern_ships_a_file():
+    tool = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = tool.get("package-dir", {})
+    for package, patterns in tool["package-data"].items():
+        root = REPO / folders.get(package, package.replace(".", "/"))
+        for pattern in patterns:
+            assert list(root.glob(pattern)), f"{package}: {pattern} matches no file"
+
+
 def test_ci_runs_the_readme_test_command():
     readme = (REPO / "README.md").read_text().split("```bash\n", 1)[1].splitlines()
     command = readme[1].split("#", 1)[0].strip()

@@ -12,7 +12,7 @@ source paper (arXiv 2405.19204) from these small parts:
 - :mod:`~bids_pcs.study.runner`: the jobs in turn, finished ones skipped;
 - :mod:`~bids_pcs.study.jobs` and :mod:`~bids_pcs.study.worker`: each
   pre-training and configuration in its own process, with its time and peak
-  memory (:mod:`~bids_pcs.study.memory`);
+  memory (:mod:`bids_pcs.training.memory`);
 - :mod:`~bids_pcs.study.records`: one result file per job, written atomically;
 - :mod:`~bids_pcs.study.scoring` and :mod:`~bids_pcs.study.table`: test
   scores with bootstrap intervals over participants, one row per configuration;

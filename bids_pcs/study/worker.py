@@ -37,8 +37,8 @@ from bids_pcs.config import Settings, settings_from_dict
 from bids_pcs.errors import BidsPcsError
 from bids_pcs.splits import StudySplit
 from bids_pcs.study.crops import CropCache, read_labelled_crops
-from bids_pcs.study.memory import current_memory_mb, memory_kind, peak_memory_mb
 from bids_pcs.study.records import write_record
+from bids_pcs.training.memory import current_memory_mb, memory_kind, peak_memory_mb
 
 LOGGER = logging.getLogger("bids_pcs.study.worker")
 

@@ -29,11 +29,10 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
-import resource
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +53,7 @@ from bids_pcs.training.checkpoint import (
 )
 from bids_pcs.training.data import CropSet
 from bids_pcs.training.distributed import DistContext, any_true, mean_over_processes
+from bids_pcs.training.memory import peak_memory_mb
 from bids_pcs.training.objective import Objective, count_parameters
 
 TrainableRule = Callable[[nn.Module], Iterable[str]]
@@ -473,10 +473,12 @@ class Engine:
         write_text(self.config.log_tsv, history_to_tsv(history))
 
     def peak_memory_mb(self) -> float:
-        """Peak memory: allocated GPU memory on CUDA, the process's resident peak on CPU."""
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        """Peak memory: allocated GPU memory on CUDA, the process's resident peak on CPU.
+
+        :func:`bids_pcs.training.memory.peak_memory_mb`, which reads ``VmHWM`` on
+        Linux (``ru_maxrss`` survives ``exec`` and would report a parent's peak).
+        """
+        return peak_memory_mb(self.device)
 
     # ---------------------------------------------------------- checkpoints
     def _save(self, epoch: int, batch_in_epoch: int, global_step: int, result: TrainResult,
@@ -578,9 +580,3 @@ def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _spec_dict(network: nn.Module) -> dict[str, Any] | None:
     spec = getattr(network, "spec", None)
     return spec.to_dict() if spec is not None else None
-
-
-def iterate_batches(crops: CropSet, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Every crop once, in order, in batches (evaluation helpers)."""
-    for start in range(0, len(crops), batch_size):
-        yield crops.batch(torch.arange(start, min(start + batch_size, len(crops))))

@@ -1,6 +1,7 @@
-"""Memory of the process running one study job: what it holds now and its peak.
+"""Memory of this process: what it holds now and its peak (the engine's and the study's).
 
-Each job runs in its own process, so its peak is its own:
+The training engine logs :func:`peak_memory_mb` per epoch; the study runs each
+job in its own process, so a job's peak is its own:
 
 - on CUDA, the peak of memory *allocated by tensors* on the device
   (``torch.cuda.max_memory_allocated``), the figure the source paper compares;
