@@ -29,14 +29,33 @@ from bids_pcs.errors import BidsPcsError
 
 PCS_CLASSES: tuple[str, ...] = ("absent", "present", "prominent")
 HEMISPHERES: tuple[str, ...] = ("L", "R")
+# the one template shipped (nilearn's ICBM 2009a nonlinear symmetric, 1 mm): its
+# name is the space- entity of every template-space derivative
+TEMPLATE_NAME = "MNI152NLin2009aSym"
+TEMPLATE_RESOLUTION_MM = 1.0
 
 
 @dataclass(frozen=True)
 class TemplateSettings:
-    """The registration target: nilearn's copy of ICBM 2009a nonlinear symmetric."""
+    """The registration target: nilearn's copy of ICBM 2009a nonlinear symmetric.
 
-    name: str = "MNI152NLin2009aSym"
-    resolution_mm: float = 1.0
+    :func:`bids_pcs.spatial.template.load_template` reads it; the only template
+    shipped is ``MNI152NLin2009aSym`` at 1 mm, so a recipe naming another one
+    is refused when it is read, not after preprocessing.
+    """
+
+    name: str = TEMPLATE_NAME
+    resolution_mm: float = TEMPLATE_RESOLUTION_MM
+
+    def __post_init__(self) -> None:
+        if self.name != TEMPLATE_NAME:
+            raise RecipeError(f"[template] name {self.name!r} is not available; the only "
+                              f"template shipped is {TEMPLATE_NAME}.")
+        if self.resolution_mm != TEMPLATE_RESOLUTION_MM:
+            raise RecipeError(
+                f"[template] resolution_mm = {self.resolution_mm:g} is not available; the "
+                f"template ships at {TEMPLATE_RESOLUTION_MM:g} mm (the registration's own "
+                "resolutions are [registration] coarse_mm and fine_mm).")
 
 
 @dataclass(frozen=True)

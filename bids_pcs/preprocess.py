@@ -36,12 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bids_pcs.config import HEMISPHERES, Settings
+from bids_pcs.config import HEMISPHERES, TEMPLATE_NAME, Settings
 from bids_pcs.errors import BidsPcsError, ImageError
 from bids_pcs.io.bids_input import T1wImage
 from bids_pcs.io.derivatives import crop_path, registration_qc_path, xfm_path
 from bids_pcs.io.nifti import QFORM_SFORM_TOLERANCE_MM, load_t1w, qform_sform_mismatch_mm
-from bids_pcs.spatial.template import TEMPLATE_NAME
 
 LOGGER = logging.getLogger("bids_pcs.preprocess")
 TRANSFORM_EXTENSION = ".h5"  # ANTs composite: affine, or affine + warp when deformable

@@ -21,11 +21,10 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from bids_pcs.config import CropSettings
+from bids_pcs.config import TEMPLATE_NAME, CropSettings
 from bids_pcs.io.atomic import write_json, write_text
 from bids_pcs.io.bids_input import T1wImage
 from bids_pcs.io.derivatives import (
-    TEMPLATE_SPACE,
     crop_path,
     derivative_path,
     dseg_path,
@@ -122,7 +121,7 @@ def build_outputs(output_dir: Path, raw_dir: Path) -> list[T1wImage]:
             _write_crop(output_dir, image, hemisphere, crop, rng)
         # the record the preprocessing writes (bids_pcs.spatial.qc.registration_qc)
         write_json(registration_qc_path(output_dir, image),
-                   {"Template": TEMPLATE_SPACE, "Metric": QC_METRIC,
+                   {"Template": TEMPLATE_NAME, "Metric": QC_METRIC,
                     "Correlation": {"L": spec.qc_correlation, "R": spec.qc_correlation},
                     "MinCorrelation": spec.qc_correlation, "Threshold": QC_THRESHOLD,
                     "Passed": spec.qc_correlation >= QC_THRESHOLD})

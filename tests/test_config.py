@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +70,24 @@ def test_dump_round_trips():
     settings = load_settings("default", {"run": {"participant_label": ["01"]}})
     dumped = tomllib.loads(dump_settings_toml(settings))
     assert settings_from_dict(dumped) == settings
+
+
+def test_the_template_is_one_fact_read_from_the_recipe():
+    """Derivative names, QC records and the loaded template all follow config.TEMPLATE_NAME."""
+    from bids_pcs.config import TEMPLATE_NAME, TemplateSettings
+    from bids_pcs.io.bids_input import T1wImage
+    from bids_pcs.io.derivatives import crop_path, registration_qc_path
+    from bids_pcs.spatial.template import load_template
+
+    settings = load_settings("default")
+    assert settings.template == TemplateSettings(name=TEMPLATE_NAME, resolution_mm=1.0)
+    image = T1wImage(path=Path("sub-01_T1w.nii.gz"), subject="01", session=None, entities=())
+    assert f"_space-{TEMPLATE_NAME}_" in crop_path(Path("/out"), image, "L").name
+    assert f"_space-{TEMPLATE_NAME}_" in registration_qc_path(Path("/out"), image).name
+    template = load_template(settings.template)
+    assert template.name == TEMPLATE_NAME
+    assert template.t1.header.get_zooms()[:3] == (1.0, 1.0, 1.0)
+    with pytest.raises(RecipeError, match="MNI152NLin6Asym.*not available"):
+        load_settings("default", {"template": {"name": "MNI152NLin6Asym"}})
+    with pytest.raises(RecipeError, match="resolution_mm = 2 is not available"):
+        load_settings("default", {"template": {"resolution_mm": 2}})

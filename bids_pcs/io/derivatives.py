@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bids_pcs import APP_NAME, CODE_URL, __version__
+from bids_pcs.config import TEMPLATE_NAME
 from bids_pcs.errors import OutputError
 from bids_pcs.io.atomic import remove_stale_temporaries, write_json, write_text
 from bids_pcs.io.bids_input import T1wImage
@@ -34,7 +35,6 @@ _EXTENSION = re.compile(r"(\.[A-Za-z0-9]+)+")
 # validator rejects it on volumes; the hemisphere goes into desc or label
 # instead (see crop_path and probseg_path).
 _DERIVATIVE_ENTITY_ORDER = ("from", "to", "mode", "space", "res", "label", "desc")
-TEMPLATE_SPACE = "MNI152NLin2009aSym"
 
 # files the BIDS specification does not define yet; listed in .bidsignore
 BIDSIGNORE_PATTERNS = (
@@ -197,7 +197,7 @@ def crop_path(output_dir: Path, source: T1wImage, hemisphere: str) -> Path:
     ``<prefix>_space-MNI152NLin2009aSym_desc-medialfrontalL_T1w.nii.gz`` (or ``...R``).
     """
     _check_hemisphere(hemisphere)
-    return derivative_path(output_dir, source, space=TEMPLATE_SPACE,
+    return derivative_path(output_dir, source, space=TEMPLATE_NAME,
                            desc=f"medialfrontal{hemisphere}", suffix="T1w", extension=".nii.gz")
 
 
@@ -220,7 +220,7 @@ def dseg_path(output_dir: Path, source: T1wImage) -> Path:
 def xfm_path(output_dir: Path, source: T1wImage, *, inverse: bool = False,
              extension: str = ".mat") -> Path:
     """T1w -> template transform (or its inverse) in ANTs format."""
-    ends = ("T1w", TEMPLATE_SPACE)
+    ends = ("T1w", TEMPLATE_NAME)
     src, dst = ends[::-1] if inverse else ends
     return derivative_path(output_dir, source, from_=src, to=dst, mode="image", suffix="xfm",
                            extension=extension)
@@ -244,7 +244,7 @@ def pcs_metadata_path(output_dir: Path, source: T1wImage) -> Path:
 
 def registration_qc_path(output_dir: Path, source: T1wImage) -> Path:
     """The preprocessing's QC record: ``<prefix>_space-<template>_desc-registration_qc.json``."""
-    return derivative_path(output_dir, source, space=TEMPLATE_SPACE, desc="registration",
+    return derivative_path(output_dir, source, space=TEMPLATE_NAME, desc="registration",
                            suffix="qc", extension=".json")
 
 

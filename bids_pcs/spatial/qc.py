@@ -17,8 +17,8 @@ import functools
 import nibabel as nib
 import numpy as np
 
-from bids_pcs.config import HEMISPHERES, CropSettings
-from bids_pcs.spatial.template import TEMPLATE_NAME, load_template
+from bids_pcs.config import HEMISPHERES, TEMPLATE_NAME, CropSettings
+from bids_pcs.spatial.template import load_template
 
 QC_METRIC = "pearson_correlation_with_template_in_crop_brain"
 

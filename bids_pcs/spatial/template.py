@@ -20,12 +20,13 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from bids_pcs.config import TEMPLATE_NAME, TemplateSettings
 from bids_pcs.errors import InputDataError
 
-TEMPLATE_NAME = "MNI152NLin2009aSym"
 # the file nilearn loads must be the 2009a symmetric one; anything else would
 # silently change the template space every derivative claims to be in
 _EXPECTED_FILE = "mni_icbm152_t1_tal_nlin_sym_09a"
+_RECIPE_DEFAULT = TemplateSettings()
 # nilearn's own threshold for its brain mask (template rescaled to [0, 1])
 _BRAIN_THRESHOLD = 0.2
 
@@ -46,16 +47,16 @@ class Template:
 
     @property
     def name(self) -> str:
-        return TEMPLATE_NAME
+        return TEMPLATE_NAME  # the only one TemplateSettings accepts
 
 
-@functools.lru_cache(maxsize=1)
-def load_template(name: str = TEMPLATE_NAME) -> Template:
-    """The template of ``name`` (only ``MNI152NLin2009aSym`` is shipped), cached per process."""
-    if name != TEMPLATE_NAME:
-        raise InputDataError(
-            f"Template {name!r} is not available; the only template shipped is {TEMPLATE_NAME}."
-        )
+@functools.lru_cache(maxsize=2)
+def load_template(settings: TemplateSettings = _RECIPE_DEFAULT) -> Template:
+    """The template that ``settings`` (the recipe's ``[template]``) names, cached per process.
+
+    :class:`~bids_pcs.config.TemplateSettings` refuses any template but the one
+    shipped (``MNI152NLin2009aSym`` at 1 mm) when a recipe is read.
+    """
     from nilearn.datasets import load_mni152_template
     from nilearn.datasets.struct import MNI152_FILE_PATH
 
@@ -65,7 +66,7 @@ def load_template(name: str = TEMPLATE_NAME) -> Template:
             f"nilearn's MNI152 template is {source.name}, not the 2009a symmetric template; "
             "install a nilearn version that ships mni_icbm152_t1_tal_nlin_sym_09a."
         )
-    t1 = nib.as_closest_canonical(load_mni152_template(resolution=1))
+    t1 = nib.as_closest_canonical(load_mni152_template(resolution=int(settings.resolution_mm)))
     data = np.asarray(t1.dataobj, dtype=np.float32)
     t1 = _image(data, t1.affine)
     mask = (data > _BRAIN_THRESHOLD).astype(np.uint8)

@@ -28,12 +28,13 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from bids_pcs.config import TEMPLATE_NAME
 from bids_pcs.errors import InputDataError
 from bids_pcs.synth import pcs_geometry
 
 COLIN27_T1 = Path("/usr/share/mricron/templates/ch2.nii.gz")
 COLIN27_BRAIN = Path("/usr/share/mricron/templates/ch2bet.nii.gz")
-MNI_NAME = "MNI152NLin2009aSym"
+MNI_NAME = TEMPLATE_NAME  # the registration template serves as one anatomy source
 COLIN_NAME = "Colin27"
 
 # levels of the tissue classes (contrast.py maps them to intensities)
