@@ -331,7 +331,7 @@ def _execute(settings) -> None:
 
     bids_dir = Path(settings.run.bids_dir)
     output_dir = Path(settings.run.output_dir)
-    init_derivatives(output_dir, bids_dir if bids_dir.is_dir() else None)
+    init_derivatives(output_dir, bids_dir if bids_dir.is_dir() else None, settings.labels)
     run_id = new_run_id()
     settings = settings.replace(run={"run_id": run_id})
     start_run_log(output_dir, level, run_id)

@@ -133,9 +133,15 @@ class LabelSettings:
     classes: tuple[str, ...] = PCS_CLASSES
     present_min_mm: float = 20.0
     prominent_min_mm: float = 40.0
-    # dseg index -> (name, abbreviation, colour) in desc-pcs_dseg.tsv
+    # dseg indices of each hemisphere's PCS (desc-pcs_dseg.tsv is built from them)
     dseg_left: int = 1
     dseg_right: int = 2
+
+    def __post_init__(self) -> None:
+        indices = (self.dseg_left, self.dseg_right)
+        if len(set(indices)) != 2 or not all(0 < i < 256 for i in indices):
+            raise RecipeError(f"[labels] dseg_left and dseg_right must be two different "
+                              f"integers in 1..255 (0 is background), not {indices}.")
 
     def class_from_length(self, length_mm: float) -> str:
         """Class of a PCS from its length, with the Yuecel et al. (2001) thresholds."""

@@ -169,7 +169,7 @@ def run_demo(settings, n_participants: int, held_out_fraction: float) -> DemoRes
     clock = _Clock(seconds)
 
     check_output_dir(output_dir)
-    init_derivatives(output_dir, raw_dir)
+    init_derivatives(output_dir, raw_dir, settings.labels)
     run_id = new_run_id()
     settings = settings.replace(run={"run_id": run_id})
     log_path = start_run_log(output_dir, "demo", run_id)

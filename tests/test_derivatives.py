@@ -91,6 +91,18 @@ def test_dataset_description_and_lookup(tmp_path, monkeypatch):
     assert dseg_lookup_tsv().splitlines()[3].startswith("2\tright paracingulate sulcus")
 
 
+def test_the_dseg_lookup_follows_the_recipe_label_map(tmp_path):
+    """[labels] dseg_left/dseg_right are the one source of the indices in desc-pcs_dseg.tsv."""
+    from bids_pcs.config import LabelSettings, RecipeError, load_settings
+
+    labels = load_settings("default", {"labels": {"dseg_left": 7, "dseg_right": 3}}).labels
+    out = init_derivatives(tmp_path / "out", labels=labels)
+    rows = [line.split("\t") for line in (out / "desc-pcs_dseg.tsv").read_text().splitlines()]
+    assert [(r[0], r[2]) for r in rows[1:]] == [("0", "BG"), ("3", "PCSR"), ("7", "PCSL")]
+    with pytest.raises(RecipeError, match="two different integers"):
+        LabelSettings(dseg_left=2, dseg_right=2)
+
+
 @pytest.mark.bad_input("output:unwritable OUTPUT_DIR")
 def test_unwritable_output_dir_is_a_clear_error(tmp_path):
     from bids_pcs.errors import OutputError

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bids_pcs import APP_NAME, CODE_URL, __version__
-from bids_pcs.config import TEMPLATE_NAME
+from bids_pcs.config import TEMPLATE_NAME, LabelSettings
 from bids_pcs.errors import OutputError
 from bids_pcs.io.atomic import remove_stale_temporaries, write_json, write_text
 from bids_pcs.io.bids_input import T1wImage
@@ -52,13 +52,14 @@ BIDSIGNORE_PATTERNS = (
     "group_pcs.*",
 )
 
-# label map of the PCS segmentation (desc-pcs_dseg)
-DSEG_LOOKUP = (
-    # index, name, abbreviation, colour
-    (0, "background", "BG", "#000000"),
-    (1, "left paracingulate sulcus", "PCSL", "#e6194b"),
-    (2, "right paracingulate sulcus", "PCSR", "#3cb44b"),
-)
+# what each label of the PCS segmentation (desc-pcs_dseg) is; its index comes from
+# the recipe ([labels] dseg_left, dseg_right), so the lookup table is built from it
+DSEG_HEMISPHERES = {
+    # hemisphere: name, abbreviation, colour
+    "L": ("left paracingulate sulcus", "PCSL", "#e6194b"),
+    "R": ("right paracingulate sulcus", "PCSR", "#3cb44b"),
+}
+_DSEG_BACKGROUND = (0, "background", "BG", "#000000")
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,11 @@ def dataset_description(source_datasets: list[dict[str, str]] | None = None) -> 
     return description
 
 
-def init_derivatives(output_dir: Path, bids_dir: Path | None = None) -> Path:
+def init_derivatives(output_dir: Path, bids_dir: Path | None = None,
+                     labels: LabelSettings | None = None) -> Path:
     """Create OUTPUT_DIR and its dataset-level files; safe to call from concurrent runs.
+
+    ``labels`` is the run's label map, written as ``desc-pcs_dseg.tsv``.
 
     Files are rewritten atomically with identical content, so several runs
     started at once all end with one valid dataset_description.json. Partial
@@ -142,14 +146,27 @@ def init_derivatives(output_dir: Path, bids_dir: Path | None = None) -> Path:
             description["SourceDatasets"] = existing["SourceDatasets"]
     write_json(output_dir / "dataset_description.json", description)
     write_text(output_dir / ".bidsignore", "\n".join(BIDSIGNORE_PATTERNS) + "\n")
-    write_text(output_dir / "desc-pcs_dseg.tsv", dseg_lookup_tsv())
+    write_text(output_dir / "desc-pcs_dseg.tsv", dseg_lookup_tsv(labels))
     return output_dir
 
 
-def dseg_lookup_tsv() -> str:
+def dseg_lookup(labels: LabelSettings | None = None) -> list[tuple[int, str, str, str]]:
+    """(index, name, abbreviation, colour) of every label of ``desc-pcs_dseg``, by index.
+
+    Args:
+        labels: the run's label map (default: 1 left, 2 right).
+    """
+    labels = labels or LabelSettings()
+    rows = [_DSEG_BACKGROUND]
+    rows += [(index, *DSEG_HEMISPHERES[h])
+             for h, index in (("L", labels.dseg_left), ("R", labels.dseg_right))]
+    return sorted(rows)
+
+
+def dseg_lookup_tsv(labels: LabelSettings | None = None) -> str:
     """The label lookup table of ``desc-pcs_dseg`` as TSV text."""
     lines = ["index\tname\tabbreviation\tcolor"]
-    lines += [f"{i}\t{name}\t{abbr}\t{color}" for i, name, abbr, color in DSEG_LOOKUP]
+    lines += [f"{i}\t{name}\t{abbr}\t{color}" for i, name, abbr, color in dseg_lookup(labels)]
     return "\n".join(lines) + "\n"
 
 

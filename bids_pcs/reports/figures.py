@@ -24,10 +24,10 @@ from collections.abc import Iterator
 import matplotlib
 from matplotlib.figure import Figure
 
-from bids_pcs.io.derivatives import DSEG_LOOKUP
+from bids_pcs.io.derivatives import DSEG_HEMISPHERES
 
 # the dseg colours of desc-pcs_dseg.tsv, so figures and viewers agree
-HEMISPHERE_COLOURS = {"L": DSEG_LOOKUP[1][3], "R": DSEG_LOOKUP[2][3]}
+HEMISPHERE_COLOURS = {h: colour for h, (_, _, colour) in DSEG_HEMISPHERES.items()}
 HEMISPHERE_NAMES = {"L": "left", "R": "right"}
 # ordered light to dark so a stacked bar reads as "more sulcus"
 CLASS_COLOURS = {"absent": "#c9ced6", "present": "#5b8fd1", "prominent": "#1f3f7a"}
