@@ -11,7 +11,6 @@ import hashlib
 import importlib
 import logging
 import os
-import re
 import tempfile
 import tomllib
 from pathlib import Path
@@ -20,13 +19,19 @@ from typing import Any
 import click
 
 from bids_pcs import __version__
+from bids_pcs.devices import (
+    available_cpus,
+    check_device,
+    check_device_spec,
+    default_omp_threads,
+    set_threads,
+)
 from bids_pcs.errors import BidsPcsError, DeviceError, OutputError
 
 LOGGER = logging.getLogger("bids_pcs")
 
 LEVELS = ("participant", "group", "pretrain", "finetune", "study")
-PRETRAIN_METHODS = ("reconstruction", "contrastive", "adversarial", "diffusion")
-STRATEGIES = ("top", "decoder", "full", "lora")
+SCRATCH = "scratch"  # the study's from-scratch baseline: no pre-training method
 # options taking several space-separated values, as in every BIDS App
 MULTI_VALUE_OPTIONS = ("--participant-label", "--participant_label", "--session-label",
                        "--session_label", "--methods", "--strategies", "--set")
@@ -42,7 +47,6 @@ LEVEL_OPTIONS = {
     "resume": ("pretrain", "finetune", "study"),
     "model_name": ("pretrain", "finetune"),
 }
-_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 class BidsAppCommand(click.Command):
@@ -89,10 +93,49 @@ def _is_number(token: str) -> bool:
     return True
 
 
+class RegisteredName(click.ParamType):
+    """A pre-training method or fine-tuning strategy, checked against its registry.
+
+    The names come from the plug-in registries (:mod:`bids_pcs.registry`), so a
+    fifth method or strategy is accepted as soon as its file exists; the
+    registry (and with it torch) is imported only when a value is given, never
+    for ``--help``.
+
+    Args:
+        kind: ``"method"`` or ``"strategy"``.
+        extra: names accepted besides the registered ones (``scratch``).
+    """
+
+    def __init__(self, kind: str, extra: tuple[str, ...] = ()) -> None:
+        self.kind = kind
+        self.extra = extra
+        self.name = kind.upper()
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> str:
+        names = [*self.extra, *registered_names(self.kind)]
+        if value not in names:
+            what = "pre-training method" if self.kind == "method" else "fine-tuning strategy"
+            self.fail(f"{value!r} is not a {what}; use one of {', '.join(names)}.", param, ctx)
+        return value
+
+
+def registered_names(kind: str) -> list[str]:
+    """Names of the registered pre-training methods (``"method"``) or strategies."""
+    if kind == "method":
+        from bids_pcs.pretraining import available_methods
+
+        return available_methods()
+    from bids_pcs.finetuning.strategies import available_strategies
+
+    return available_strategies()
+
+
 def _validate_device(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
-    if not _DEVICE.match(value):
-        raise click.BadParameter("use auto, cpu, cuda or cuda:N (e.g. cuda:1).")
-    return value
+    try:
+        return check_device_spec(value)
+    except DeviceError as exc:
+        raise click.BadParameter("use auto, cpu, cuda or cuda:N (e.g. cuda:1).") from exc
 
 
 @click.command(cls=BidsAppCommand, context_settings={"help_option_names": ["-h", "--help"],
@@ -117,7 +160,8 @@ def _validate_device(_ctx: click.Context, _param: click.Parameter, value: str) -
 @click.option("--device", default="auto", show_default=True, callback=_validate_device,
               help="Compute device for the network: auto, cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=0, show_default=True,
-              help="Random seed (registration, splits, training).")
+              help="Random seed of splits and training (registration has its own, "
+                   "--set registration.random_seed=N, so crops are reused across seeds).")
 @click.option("--skip-bids-validation", "--skip_bids_validation", "skip_bids_validation",
               is_flag=True, help="Do not run bids-validator-deno on BIDS_DIR.")
 @click.option("--recipe", default="default", show_default=True, metavar="NAME|FILE.toml",
@@ -126,17 +170,19 @@ def _validate_device(_ctx: click.Context, _param: click.Parameter, value: str) -
               help="Change one recipe setting, e.g. --set pretrain.epochs=5 (TOML values).")
 @click.option("--model", type=click.Path(path_type=Path),
               help="[participant] Model directory: also infer PCS masks and classes.")
-@click.option("--method", type=click.Choice(PRETRAIN_METHODS),
-              help="[pretrain] Self-supervised method (default: the recipe's).")
+@click.option("--method", type=RegisteredName("method"),
+              help="[pretrain] Self-supervised method (default: the recipe's; a wrong name "
+                   "lists the registered ones).")
 @click.option("--init", "init",
               help="[finetune] A pre-trained model directory, or 'scratch'.")
-@click.option("--strategy", type=click.Choice(STRATEGIES),
-              help="[finetune] Fine-tuning strategy (default: the recipe's).")
+@click.option("--strategy", type=RegisteredName("strategy"),
+              help="[finetune] Fine-tuning strategy (default: the recipe's; a wrong name "
+                   "lists the registered ones).")
 @click.option("--labels", type=click.Path(path_type=Path),
               help="[finetune, study] BIDS derivative dataset with PCS labels.")
-@click.option("--methods", multiple=True, type=click.Choice(("scratch",) + PRETRAIN_METHODS),
+@click.option("--methods", multiple=True, type=RegisteredName("method", extra=(SCRATCH,)),
               metavar="M [M ...]", help="[study] Pre-training methods of the grid.")
-@click.option("--strategies", multiple=True, type=click.Choice(STRATEGIES),
+@click.option("--strategies", multiple=True, type=RegisteredName("strategy"),
               metavar="S [S ...]", help="[study] Fine-tuning strategies of the grid.")
 @click.option("--model-name", help="[pretrain, finetune] Name of the model folder under "
                                    "OUTPUT_DIR/models/ (default: from method and strategy).")
@@ -221,8 +267,8 @@ def build_settings(options: dict[str, Any]):
     work_dir = options["work_dir"]
     work_dir = (work_dir.expanduser().absolute() if work_dir is not None
                 else default_work_dir(output_dir))
-    nprocs = options["nprocs"] or _available_cpus()
-    omp = options["omp_nthreads"] or min(nprocs, 8)
+    nprocs = options["nprocs"] or available_cpus()
+    omp = options["omp_nthreads"] or default_omp_threads(nprocs)
 
     overrides = parse_overrides(options["overrides"])
     run = {
@@ -302,21 +348,6 @@ def check_paths(settings) -> None:
                           "a PCS label derivative dataset.")
 
 
-def check_device(device: str) -> None:
-    """Refuse ``--device cuda`` on a machine without a usable GPU, before any work."""
-    if not device.startswith("cuda"):
-        return
-    import torch
-
-    if not torch.cuda.is_available():
-        raise DeviceError(f"--device {device} was asked for but no CUDA GPU is available here; "
-                          "use --device cpu or auto.")
-    index = int(device.split(":")[1]) if ":" in device else 0
-    if index >= torch.cuda.device_count():
-        raise DeviceError(f"--device {device} does not exist; this machine has "
-                          f"{torch.cuda.device_count()} GPU(s) (cuda:0 ...).")
-
-
 def _execute(settings) -> None:
     from bids_pcs.runlog import dump_config, new_run_id, setup_console_logging, start_run_log
 
@@ -337,7 +368,7 @@ def _execute(settings) -> None:
     start_run_log(output_dir, level, run_id)
     config_path = dump_config(output_dir, level, run_id, settings)
     LOGGER.debug("configuration written to %s", config_path)
-    _set_threads(settings.run.omp_nthreads)
+    set_threads(settings.run.omp_nthreads)
 
     if level != "group":
         if not settings.run.skip_bids_validation:
@@ -366,19 +397,6 @@ def _keep_caches_in_tmp() -> None:
     if not os.environ.get("MPLCONFIGDIR"):
         uid = os.getuid() if hasattr(os, "getuid") else "user"
         os.environ["MPLCONFIGDIR"] = str(Path(tempfile.gettempdir()) / f"bids_pcs-mpl-{uid}")
-
-
-def _set_threads(n: int) -> None:
-    # BLAS and torch read these at import (ITK's count is fixed by spatial.antsio)
-    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[name] = str(n)
-
-
-def _available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _init_value(value: str | None) -> str:

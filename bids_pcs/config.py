@@ -101,6 +101,8 @@ class RegistrationSettings:
     # voxels; both hemispheres must reach it (good fits 0.75-0.85, bad < 0.4; see
     # bids_pcs.spatial.qc)
     qc_min_correlation: float = 0.5
+    # seed of the metric's point sampling; not --seed, so that a sweep over training
+    # seeds reuses one registration (its crops would otherwise differ per seed)
     random_seed: int = 0
 
 

@@ -105,13 +105,14 @@ def main(output_dir: Path, participants: int, held_out: float, seed: int, recipe
     the held-out Dice and presence accuracy. OUTPUT_DIR becomes a BIDS
     derivative dataset (the raw cohort lies in its sourcedata/ folder).
     """
-    from bids_pcs.cli import _available_cpus, _set_threads, default_work_dir, parse_overrides
+    from bids_pcs.cli import default_work_dir, parse_overrides
+    from bids_pcs.devices import available_cpus, default_omp_threads, set_threads
 
     ctx = click.get_current_context()
     output_dir = output_dir.expanduser().absolute()
-    nprocs = nprocs or _available_cpus()
-    omp = omp_nthreads or min(nprocs, 8)
-    _set_threads(omp)
+    nprocs = nprocs or available_cpus()
+    omp = omp_nthreads or default_omp_threads(nprocs)
+    set_threads(omp)
     try:
         settings = _settings(recipe, parse_overrides(overrides), output_dir=output_dir,
                              work_dir=(work_dir.expanduser().absolute() if work_dir
@@ -142,9 +143,9 @@ def main(output_dir: Path, participants: int, held_out: float, seed: int, recipe
 def _settings(recipe: str, overrides: dict[str, Any], *, output_dir: Path, work_dir: Path,
               nprocs: int, omp: int, device: str, seed: int, verbose: int):
     from bids_pcs.config import load_settings
-    from bids_pcs.devices import resolve_device
+    from bids_pcs.devices import check_device
 
-    resolve_device(device)  # refuse a missing GPU before any work
+    check_device(device)  # refuse a missing GPU before any work
     raw_dir = output_dir / RAW_RELPATH
     run = {"bids_dir": str(raw_dir), "output_dir": str(output_dir), "work_dir": str(work_dir),
            "analysis_level": "demo", "nprocs": nprocs, "omp_nthreads": omp, "device": device,
@@ -156,13 +157,12 @@ def _settings(recipe: str, overrides: dict[str, Any], *, output_dir: Path, work_
 
 def run_demo(settings, n_participants: int, held_out_fraction: float) -> DemoResult:
     """Every step of the demo (see the module doc); returns the held-out figures."""
-    import torch
-
+    from bids_pcs.devices import set_threads
     from bids_pcs.io.derivatives import init_derivatives
     from bids_pcs.runlog import dump_config, new_run_id, setup_console_logging, start_run_log
 
     setup_console_logging(settings.run.verbose)
-    torch.set_num_threads(settings.run.omp_nthreads)
+    set_threads(settings.run.omp_nthreads)
     output_dir = Path(settings.run.output_dir)
     raw_dir = Path(settings.run.bids_dir)
     seconds: dict[str, float] = {}

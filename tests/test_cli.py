@@ -41,6 +41,40 @@ def test_help_imports_no_heavy_module():
     assert "HEAVY []" in out
 
 
+def test_method_and_strategy_names_come_from_the_registries():
+    """The CLI holds no list of names: a plug-in registered in one file is accepted at once."""
+    import click
+
+    from bids_pcs.cli import RegisteredName, registered_names
+    from bids_pcs.finetuning.strategies import available_strategies
+    from bids_pcs.pretraining import available_methods
+    from bids_pcs.pretraining.base import METHODS
+    from bids_pcs.training.objective import Objective
+
+    assert registered_names("method") == available_methods()
+    assert registered_names("strategy") == available_strategies()
+    methods = RegisteredName("method", extra=("scratch",))
+    assert methods.convert("scratch", None, None) == "scratch"
+    with pytest.raises(click.BadParameter, match="jigsaw.*use one of scratch, adversarial"):
+        methods.convert("jigsaw", None, None)
+
+    @METHODS.register
+    class Jigsaw(Objective):  # what a fifth method's file would hold
+        name = "jigsaw"
+
+    try:
+        assert methods.convert("jigsaw", None, None) == "jigsaw"
+    finally:
+        METHODS._classes.pop("jigsaw")
+
+
+def test_an_unregistered_method_is_a_usage_error():
+    result = run_cli("/nonexistent", "/tmp/out", "pretrain", "--method", "jigsaw")
+    assert result.returncode == 2
+    assert "'jigsaw' is not a pre-training method; use one of" in result.stderr
+    assert "reconstruction" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -206,3 +240,23 @@ def test_run_leaves_log_and_config_dump(bids_examples, tmp_path):
     assert "epochs = 7" in dump
     assert 'participant_label = [\n    "01",\n]' in dump or 'participant_label = ["01"]' in dump
     assert "sub-01_T1w.nii.gz" in logs[0].read_text()
+
+
+def test_seed_seeds_splits_and_training_and_registration_keeps_its_own(tmp_path):
+    """What --help says about --seed is what happens (crops are reused across seeds)."""
+    from click.testing import CliRunner
+
+    from bids_pcs.cli import build_settings, cli
+
+    help_text = " ".join(CliRunner().invoke(cli, ["--help"]).output.split())
+    assert "Random seed of splits and training (registration has its own" in help_text
+    options = dict(bids_dir=tmp_path, output_dir=tmp_path / "out", analysis_level="finetune",
+                   work_dir=None, participant_label=(), session_label=(), nprocs=1,
+                   omp_nthreads=1, device="cpu", seed=5, skip_bids_validation=True, verbose=0,
+                   recipe="default", overrides=(), model=None, method=None, init="scratch",
+                   strategy=None, labels=None, methods=(), strategies=(), model_name=None,
+                   resume=False)
+    settings = build_settings(options)
+    assert settings.run.seed == 5 and settings.registration.random_seed == 0
+    options["overrides"] = ("registration.random_seed=3",)
+    assert build_settings(options).registration.random_seed == 3

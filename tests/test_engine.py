@@ -9,7 +9,13 @@ import pytest
 import torch
 from training_helpers import TINY_OPTIONS, PlainRestoration, crop_set, tiny_cnn
 
-from bids_pcs.devices import resolve_device
+from bids_pcs.devices import (
+    available_cpus,
+    check_device,
+    default_omp_threads,
+    resolve_device,
+    set_threads,
+)
 from bids_pcs.errors import DeviceError, ModelFileError
 from bids_pcs.pretraining import get_objective
 from bids_pcs.training.checkpoint import load_checkpoint
@@ -154,6 +160,20 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(DeviceError, match="no CUDA GPU"):
             resolve_device("cuda:1")
+        with pytest.raises(DeviceError, match="no CUDA GPU"):
+            check_device("cuda")
+    check_device("auto")  # never an error: falls back to the CPU
+    with pytest.raises(DeviceError, match="not understood"):
+        check_device("gpu0")
+
+
+def test_one_thread_setting_reaches_openmp_and_torch(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    set_threads(1)
+    assert torch.get_num_threads() == 1
+    assert os.environ["OMP_NUM_THREADS"] == "1"
+    assert default_omp_threads(32) == 8 and default_omp_threads(3) == 3
+    assert available_cpus() >= 1
 
 
 def test_peak_memory_is_this_process_s_own_even_after_exec_from_a_big_parent():

@@ -34,6 +34,7 @@ import torch
 
 from bids_pcs import __version__
 from bids_pcs.config import Settings, settings_from_dict
+from bids_pcs.devices import set_threads
 from bids_pcs.errors import BidsPcsError
 from bids_pcs.splits import StudySplit
 from bids_pcs.study.crops import CropCache, read_labelled_crops
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     job = json.loads(Path(args[0]).read_text())
     settings = settings_from_dict(job["settings"])
     _start_logging(settings, job["name"])
-    torch.set_num_threads(settings.run.omp_nthreads)
+    set_threads(settings.run.omp_nthreads)
     try:
         if job["kind"] == "pretrain":
             record = run_pretraining(job, settings)
