@@ -105,8 +105,8 @@ def _require_cuda(spec: str) -> None:
 
     if not torch.cuda.is_available():
         raise DeviceError(
-            f"Device {spec!r} was requested but no CUDA GPU is available to this PyTorch; "
-            "use --device cpu or run on a machine with a GPU."
+            f"--device {spec} was asked for but no CUDA GPU is available here; "
+            "use --device cpu or auto."
         )
 
 
@@ -116,6 +116,6 @@ def _require_index(index: int, spec: str) -> None:
     count = torch.cuda.device_count()
     if index >= count:
         raise DeviceError(
-            f"Device {spec!r} needs GPU {index} but only {count} GPU(s) are visible; "
-            "choose a smaller index or fewer processes per node."
+            f"--device {spec} (GPU {index}) does not exist; this machine has {count} GPU(s) "
+            "(cuda:0 ...); choose a smaller index or fewer processes per node."
         )
