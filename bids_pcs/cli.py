@@ -26,7 +26,7 @@ from bids_pcs.devices import (
     default_omp_threads,
     set_threads,
 )
-from bids_pcs.errors import BidsPcsError, DeviceError, OutputError
+from bids_pcs.errors import BidsPcsError, DeviceError, OutputError, UsageError
 
 LOGGER = logging.getLogger("bids_pcs")
 
@@ -270,6 +270,7 @@ def build_settings(options: dict[str, Any]):
     nprocs = options["nprocs"] or available_cpus()
     omp = options["omp_nthreads"] or default_omp_threads(nprocs)
 
+    check_labels(options)
     overrides = parse_overrides(options["overrides"])
     run = {
         "bids_dir": str(bids_dir),
@@ -302,6 +303,19 @@ def build_settings(options: dict[str, Any]):
     return load_settings(options["recipe"], overrides)
 
 
+def check_labels(options: dict[str, Any]) -> None:
+    """Refuse a participant or session label that is not a BIDS label (a usage error)."""
+    from bids_pcs.errors import InputDataError
+    from bids_pcs.io.bids_input import normalise_label
+
+    for option, prefix in (("participant_label", "sub"), ("session_label", "ses")):
+        for value in options.get(option) or ():
+            try:
+                normalise_label(value, prefix)
+            except InputDataError as exc:
+                raise UsageError(str(exc)) from exc
+
+
 def parse_overrides(items: tuple[str, ...]) -> dict[str, Any]:
     """``("pretrain.epochs=5",)`` -> ``{"pretrain": {"epochs": 5}}`` (values parsed as TOML)."""
     out: dict[str, Any] = {}
@@ -329,22 +343,29 @@ def default_work_dir(output_dir: Path) -> Path:
 
 
 def check_paths(settings) -> None:
-    """Refuse OUTPUT_DIR or the work dir inside BIDS_DIR, and a missing BIDS_DIR."""
+    """Refuse OUTPUT_DIR (but for BIDS_DIR/derivatives/<name>) or the work dir inside BIDS_DIR."""
     from bids_pcs.io.bids_input import check_bids_dir
 
     run = settings.run
     bids_dir, output_dir, work_dir = (Path(run.bids_dir), Path(run.output_dir),
                                       Path(run.work_dir))
     if run.analysis_level != "group":
+        if not bids_dir.is_dir():  # a path argument that points nowhere: a usage error
+            raise UsageError(f"BIDS_DIR {bids_dir} does not exist or is not a directory; "
+                             "give the path of a BIDS dataset.")
         check_bids_dir(bids_dir)
-    if _is_within(output_dir, bids_dir):
+    # BIDS_DIR/derivatives/<name> is the usual BIDS-Apps layout (pybids and the
+    # validator leave derivatives/ out of the raw dataset); anywhere else inside
+    # BIDS_DIR the outputs would be read back as raw data
+    in_derivatives = _is_within(output_dir.resolve().parent, bids_dir / "derivatives")
+    if _is_within(output_dir, bids_dir) and not in_derivatives:
         raise OutputError(f"OUTPUT_DIR {output_dir} is BIDS_DIR or inside it; write derivatives "
-                          "outside the raw dataset (e.g. next to it).")
+                          f"to {bids_dir / 'derivatives'}/<name> or outside the raw dataset.")
     if _is_within(work_dir, bids_dir):
         raise OutputError(f"Work dir {work_dir} is inside BIDS_DIR {bids_dir}; choose another "
                           "--work-dir outside the raw dataset.")
     if run.labels and not Path(run.labels).is_dir():
-        raise OutputError(f"Label dataset {run.labels} does not exist; give --labels the path of "
+        raise UsageError(f"Label dataset {run.labels} does not exist; give --labels the path of "
                           "a PCS label derivative dataset.")
 
 

@@ -25,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from bids_pcs.errors import BidsPcsError
+from bids_pcs.errors import UsageError
 
 PCS_CLASSES: tuple[str, ...] = ("absent", "present", "prominent")
 HEMISPHERES: tuple[str, ...] = ("L", "R")
@@ -273,8 +273,8 @@ class Settings:
         return _to_plain(dataclasses.asdict(self))
 
 
-class RecipeError(BidsPcsError):
-    """A recipe cannot be found or does not describe valid settings."""
+class RecipeError(UsageError):
+    """A recipe (or a ``--set`` value) cannot be found or does not describe valid settings."""
 
 
 def available_recipes() -> list[str]:

@@ -1,7 +1,8 @@
 """Errors that end a run with one clear sentence instead of a traceback.
 
 The CLI catches :class:`BidsPcsError` and prints its message; anything else is
-a bug and shows a traceback.
+a bug and shows a traceback. Exit codes: 2 for a :class:`UsageError` (what the
+command line asked for), 1 for every error met while running.
 """
 
 
@@ -9,6 +10,17 @@ class BidsPcsError(Exception):
     """A problem with the user's inputs or environment, explained in one sentence."""
 
     exit_code = 1
+
+
+class UsageError(BidsPcsError):
+    """The command line asks for something impossible: an unknown setting, a bad value.
+
+    Found before any work (or, for settings only a later step checks, when
+    that step starts); exits 2 like click's own usage errors, as the README
+    promises.
+    """
+
+    exit_code = 2
 
 
 class InputDataError(BidsPcsError):

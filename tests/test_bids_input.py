@@ -6,6 +6,7 @@ import pytest
 
 from bids_pcs.errors import InputDataError
 from bids_pcs.io.bids_input import collect_t1w, normalise_label
+from bids_pcs.io.derivatives import crop_path, xfm_path
 from bids_pcs.io.nifti import load_t1w
 
 
@@ -54,6 +55,63 @@ def test_acq_and_run_entities_name_units(tmp_path):
         (anat / name).write_bytes(b"")
     prefixes = [im.prefix for im in collect_t1w(raw)]
     assert prefixes == ["sub-7_acq-mprage_run-1", "sub-7_acq-mprage_run-2", "sub-7_rec-norm"]
+
+
+def _layout(root, names):
+    raw = root / "raw"
+    anat = raw / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    (raw / "dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.10.0"}')
+    for name in names:
+        (anat / name).write_bytes(b"")
+    return raw
+
+
+TASK_ONLY = [f"sub-01_task-{task}_acq-mprage_rec-norm_T1w.nii.gz"
+             for task in ("still", "nodding", "shaking")]
+
+
+def test_images_that_differ_only_by_task_get_their_own_derivative_names(tmp_path):
+    # a public dataset names its anat MPRAGEs this way (issue 18): once all three
+    # became sub-01_acq-mprage_rec-norm_..., and two of them were lost
+    images = collect_t1w(_layout(tmp_path, TASK_ONLY))
+    assert [im.prefix for im in images] == [
+        "sub-01_task-nodding_acq-mprage_rec-norm", "sub-01_task-shaking_acq-mprage_rec-norm",
+        "sub-01_task-still_acq-mprage_rec-norm"]
+    crops = {crop_path(tmp_path / "out", im, "L") for im in images}
+    assert len(crops) == 3
+    assert crop_path(tmp_path / "out", images[2], "L").name == (
+        "sub-01_task-still_acq-mprage_rec-norm_space-MNI152NLin2009aSym_"
+        "desc-medialfrontalL_T1w.nii.gz")
+
+
+def test_every_entity_of_a_t1w_name_is_kept_in_bids_order(tmp_path):
+    (image,) = collect_t1w(_layout(tmp_path, [
+        "sub-01_task-a_acq-b_ce-c_rec-d_run-2_echo-1_inv-2_mt-on_part-mag_chunk-3_T1w.nii"]))
+    assert image.entities == (("task", "a"), ("acq", "b"), ("ce", "c"), ("rec", "d"),
+                              ("run", "2"), ("echo", "1"), ("inv", "2"), ("mt", "on"),
+                              ("part", "mag"), ("chunk", "3"))
+    # the schema puts chunk- after space-: derivative entities are placed among them
+    assert xfm_path(tmp_path, image, extension=".h5").name == (
+        "sub-01_task-a_acq-b_ce-c_rec-d_run-2_echo-1_inv-2_mt-on_part-mag_from-T1w_"
+        "to-MNI152NLin2009aSym_mode-image_chunk-3_xfm.h5")
+    assert crop_path(tmp_path, image, "R").name.endswith(
+        "_part-mag_space-MNI152NLin2009aSym_chunk-3_desc-medialfrontalR_T1w.nii.gz")
+
+
+@pytest.mark.bad_input("dataset:two T1w images with one derivative name")
+def test_two_images_that_would_share_derivative_names_are_refused(tmp_path):
+    raw = _layout(tmp_path, ["sub-01_T1w.nii", "sub-01_T1w.nii.gz"])
+    with pytest.raises(InputDataError, match="would get the same derivative names") as error:
+        collect_t1w(raw)
+    assert "sub-01_T1w.nii and " in str(error.value)
+    assert str(raw / "sub-01" / "anat" / "sub-01_T1w.nii.gz") in str(error.value)
+
+
+@pytest.mark.bad_input("dataset:T1w name with an entity BIDS does not define")
+def test_an_entity_bids_does_not_define_is_refused_naming_the_file(tmp_path):
+    with pytest.raises(InputDataError, match="has entity foo-, which BIDS does not define"):
+        collect_t1w(_layout(tmp_path, ["sub-01_foo-bar_T1w.nii.gz"]))
 
 
 @pytest.mark.parametrize("bad", ["../x", "sub-01/..", "a b", "", "sub-"])

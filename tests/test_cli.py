@@ -102,7 +102,7 @@ def test_parse_overrides_reads_toml_values():
 @pytest.mark.bad_input("dataset:missing BIDS_DIR")
 def test_missing_bids_dir(tmp_path):
     result = run_cli(tmp_path / "nope", tmp_path / "out", "participant")
-    assert result.returncode == 1
+    assert result.returncode == 2  # a path argument that points nowhere: a usage error
     assert "does not exist" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
@@ -116,13 +116,34 @@ def test_bids_dir_without_description(tmp_path):
     assert "dataset_description.json" in result.stderr
 
 
-@pytest.mark.bad_input("output:OUTPUT_DIR is BIDS_DIR", "output:OUTPUT_DIR inside BIDS_DIR")
+@pytest.mark.bad_input("output:OUTPUT_DIR is BIDS_DIR", "output:OUTPUT_DIR inside BIDS_DIR",
+                       "output:OUTPUT_DIR is BIDS_DIR/derivatives")
 def test_output_inside_bids_dir(bids_examples):
     ds = bids_examples / "ds001"
-    for out in (ds, ds / "derivatives" / "pcs"):
+    for out in (ds, ds / "sub-01" / "pcs", ds / "derivatives"):
         result = run_cli(ds, out, "participant", "--skip-bids-validation")
         assert result.returncode == 1
         assert "inside it" in result.stderr
+        assert f"write derivatives to {ds / 'derivatives'}/<name>" in result.stderr
+
+
+def test_output_in_bids_dir_derivatives_is_accepted_and_not_read_as_raw(tmp_path):
+    # the BIDS-Apps layout (fMRIPrep accepts it too): BIDS_DIR/derivatives/<name>
+    raw = tmp_path / "raw"
+    (raw / "sub-01" / "anat").mkdir(parents=True)
+    (raw / "dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.10.0"}')
+    (raw / "sub-01" / "anat" / "sub-01_T1w.nii.gz").write_bytes(b"")
+    out = raw / "derivatives" / "bids_pcs"
+    # a T1w-named file in the derivatives (crops are *_T1w.nii.gz) is not a raw image
+    (out / "sub-02" / "anat").mkdir(parents=True)
+    (out / "sub-02" / "anat" / "sub-02_T1w.nii.gz").write_bytes(b"")
+    result = run_cli(raw, out, "participant", "--skip-bids-validation",
+                     "--participant-label", "02")
+    assert result.returncode == 1
+    assert "Participant(s) 02 not found" in result.stderr and "available: 01" in result.stderr
+    # the paths were accepted: the run started and wrote its log into OUTPUT_DIR
+    assert list((out / "logs").glob("participant_*.log"))
+    assert (out / "dataset_description.json").is_file()
 
 
 @pytest.mark.bad_input("output:work dir inside BIDS_DIR")
@@ -155,8 +176,9 @@ def test_unknown_session_lists_available(bids_examples, tmp_path):
 def test_label_that_tries_a_path(bids_examples, tmp_path):
     result = run_cli(bids_examples / "ds001", tmp_path / "out", "participant",
                      "--skip-bids-validation", "--participant-label", "../x")
-    assert result.returncode == 1
+    assert result.returncode == 2  # a bad option value: a usage error
     assert "not a valid BIDS label" in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.bad_input("dataset:no T1w")
@@ -211,11 +233,43 @@ def test_usage_errors_exit_2(bids_examples, tmp_path, args, message):
     assert message in result.stderr
 
 
-def test_unknown_recipe_setting(bids_examples, tmp_path):
+@pytest.mark.bad_input("usage:unknown --set key", "usage:--set value of the wrong type",
+                       "usage:unknown recipe", "usage:session label not a BIDS label",
+                       "usage:--labels folder that does not exist")
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "crop.sizemm=[1,2,3]"], "Unknown setting(s) sizemm in [crop]"),
+        (["--set", "pretrain.epochs=many"], "pretrain.epochs must be an integer"),
+        (["--set", "nosuchsection.key=1"], "Unknown setting(s) nosuchsection in [settings]"),
+        (["--recipe", "no-such-recipe"], "Recipe 'no-such-recipe' not found"),
+        (["--session-label", "a/b"], "not a valid BIDS label"),
+    ],
+)
+def test_bad_settings_and_values_are_usage_errors_exit_2(bids_examples, tmp_path, args,
+                                                         message):
+    # the README's rule: 2 for every usage error, found before any work
+    result = run_cli(bids_examples / "ds001", tmp_path / "out", "participant", *args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_labels_folder_that_does_not_exist_is_a_usage_error(bids_examples, tmp_path):
+    result = run_cli(bids_examples / "ds001", tmp_path / "out", "finetune", "--init",
+                     "scratch", "--labels", tmp_path / "nope")
+    assert result.returncode == 2, result.stderr
+    assert "Label dataset" in result.stderr and "does not exist" in result.stderr
+
+
+@pytest.mark.bad_input("dataset:selection matches no participant (while running)")
+def test_errors_met_while_running_exit_1(bids_examples, tmp_path):
+    # the command line is well-formed; the dataset does not have what it names
     result = run_cli(bids_examples / "ds001", tmp_path / "out", "participant",
-                     "--set", "crop.sizemm=[1,2,3]")
+                     "--skip-bids-validation", "--participant-label", "99")
     assert result.returncode == 1
-    assert "Unknown setting(s) sizemm in [crop]" in result.stderr
+    assert "99 not found" in result.stderr
 
 
 @pytest.mark.bad_input("device:cuda without a GPU")

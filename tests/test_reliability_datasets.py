@@ -18,6 +18,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 from reliability_helpers import (
+    FAST_REGISTRATION,
+    KMEANS,
     bids_dataset,
     can_unshare,
     cli,
@@ -30,6 +32,7 @@ from reliability_helpers import (
 from bids_pcs.errors import InputDataError
 from bids_pcs.io.bids_input import check_bids_dir
 from bids_pcs.io.labels import read_labels
+from bids_pcs.io.validator import validate
 
 pytestmark = pytest.mark.usefixtures("_no_stray_home_writes")
 
@@ -89,11 +92,11 @@ def test_a_read_only_output_dir_is_one_clear_error(raw, tmp_path, env):
 def test_an_output_dir_reached_through_a_symlink_into_bids_dir_is_refused(raw, tmp_path, env):
     link = tmp_path / "link"
     link.symlink_to(raw, target_is_directory=True)
-    done = cli(raw, link / "derivatives" / "pcs", "participant", "--skip-bids-validation",
+    done = cli(raw, link / "sub-01" / "pcs", "participant", "--skip-bids-validation",
                env=env)
     assert done.returncode == 1
     assert "is BIDS_DIR or inside it" in one_error_line(done.stderr)
-    assert not (raw / "derivatives").exists()
+    assert not (raw / "sub-01" / "pcs").exists()
 
 
 @pytest.mark.bad_input("dataset:BIDS_DIR is a file")
@@ -215,3 +218,49 @@ def test_the_bids_validator_runs_without_any_network(raw, tmp_path, env):
     error = one_error_line(done.stderr)
     assert "Participant(s) 99 not found" in error, error
     assert "Validating" in done.stderr
+
+
+# ------------------------------------------------- images that differ by one entity
+def _task_layout(root: Path, head: nib.Nifti1Image, names: list[str]) -> Path:
+    bids_dir = bids_dataset(root, {})
+    (bids_dir / "participants.tsv").write_text("participant_id\nsub-01\n")
+    anat = bids_dir / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    for name in names:
+        nib.save(head, str(anat / name))
+    return bids_dir
+
+
+@pytest.mark.slow
+@pytest.mark.bad_input("dataset:T1w images that differ only by task-")
+def test_images_that_differ_only_by_task_each_get_their_own_outputs(shared_data, tmp_path, env):
+    # issue 18: three MPRAGEs told apart by task- alone all became sub-01_acq-..._rec-...,
+    # two of them silently lost, and the run exited 0
+    names = [f"sub-01_task-{task}_acq-mprage_rec-norm_T1w.nii.gz"
+             for task in ("still", "nodding", "shaking")]
+    head = nib.load(str(shared_data / KMEANS))
+    bids_dir = _task_layout(tmp_path / "bids", head, names)
+    out = tmp_path / "out"
+    done = cli(bids_dir, out, "participant", "--nprocs", "2", "-w", tmp_path / "work",
+               *FAST_REGISTRATION, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    anat = out / "sub-01" / "anat"
+    for name in names:
+        stem = name.removesuffix("_T1w.nii.gz")
+        assert len(list(anat.glob(f"{stem}_space-*_desc-medialfrontal?_T1w.nii.gz"))) == 2
+        assert len(list(anat.glob(f"{stem}_from-*_xfm.h5"))) == 2
+        assert (anat / f"{stem}_space-MNI152NLin2009aSym_desc-registration_qc.json").is_file()
+    report = validate(out)
+    assert report.ok, report.summary()
+
+
+@pytest.mark.bad_input("dataset:two T1w images with one derivative name (CLI)")
+def test_two_images_with_one_derivative_name_stop_the_run_before_any_output(tmp_path, env):
+    image = small_t1w()
+    bids_dir = _task_layout(tmp_path / "bids", image, ["sub-01_T1w.nii", "sub-01_T1w.nii.gz"])
+    out = tmp_path / "out"
+    done = cli(bids_dir, out, "participant", "--skip-bids-validation", env=env)
+    assert done.returncode == 1, done.stderr[-2000:]
+    error = one_error_line(done.stderr)
+    assert "would get the same derivative names (sub-01_...)" in error, error
+    assert not (out / "sub-01").exists()

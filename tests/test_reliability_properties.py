@@ -66,9 +66,18 @@ def t1w_images(draw) -> T1wImage:
     subject = draw(labels)
     session = draw(st.none() | labels)
     entities = []
-    for key in ("acq", "ce", "rec", "run"):
+    # every entity a T1w name may carry (issue 18: task- alone told images apart);
+    # chunk- sorts after the derivatives' space- in the schema
+    for key in ("task", "acq", "ce", "rec", "run", "echo", "inv", "mt", "part", "chunk"):
         if draw(st.booleans()):
-            value = (draw(st.integers(1, 99)).__str__() if key == "run" else draw(labels))
+            if key in ("run", "echo", "inv", "chunk"):
+                value = str(draw(st.integers(1, 99)))
+            elif key == "mt":
+                value = draw(st.sampled_from(["on", "off"]))
+            elif key == "part":
+                value = draw(st.sampled_from(["mag", "phase", "real", "imag"]))
+            else:
+                value = draw(labels)
             entities.append((key, value))
     anat = f"sub-{subject}/" + (f"ses-{session}/" if session else "") + "anat"
     return T1wImage(path=Path(f"/raw/{anat}/x_T1w.nii.gz"), subject=subject, session=session,
@@ -76,9 +85,11 @@ def t1w_images(draw) -> T1wImage:
 
 
 DERIVED = ("from_", "to", "mode", "space", "res", "label", "desc")
-PYBIDS_NAMES = {"sub": "subject", "ses": "session", "acq": "acquisition", "ce": "ceagent",
-                "rec": "reconstruction", "run": "run", "space": "space", "res": "res",
-                "label": "label", "desc": "desc", "from": "from", "to": "to", "mode": "mode"}
+PYBIDS_NAMES = {"sub": "subject", "ses": "session", "task": "task", "acq": "acquisition",
+                "ce": "ceagent", "rec": "reconstruction", "run": "run", "echo": "echo",
+                "inv": "inv", "mt": "mt", "part": "part", "chunk": "chunk", "space": "space",
+                "res": "res", "label": "label", "desc": "desc", "from": "from", "to": "to",
+                "mode": "mode"}
 
 
 def _schema_order() -> list[str]:
@@ -121,6 +132,11 @@ def test_a_derivative_name_parses_back_to_its_entities_in_bids_order(image, deri
             continue  # pybids knows these entities on transforms (_xfm) only
         assert str(parsed[PYBIDS_NAMES[key]]) == value, (key, parsed)
     assert path.parent == Path("/out") / image.anat_dir
+    # and the reports find the image's stem in its crop's name again
+    from bids_pcs.io.derivatives import crop_path
+    from bids_pcs.reports.results import _prefix_of
+
+    assert _prefix_of(crop_path(Path("/out"), image, "L").name) == image.prefix
 
 
 @pytest.mark.bad_input("property:any entity value in a derivative name")

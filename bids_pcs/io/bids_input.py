@@ -1,7 +1,11 @@
 """Selecting the T1w images of a BIDS dataset, one processing unit per image.
 
-Every T1w image is its own unit: a participant with two sessions, two runs or
-two acquisitions yields several units, each with its own derivatives.
+Every T1w image is its own unit: a participant with two sessions, two runs,
+two acquisitions, or images that differ by any other entity (``task-``,
+``echo-``, ``part-``, ``inv-``...) yields several units, each with its own
+derivatives: every entity of the raw name is kept in the derivatives' names.
+Two images that would still get one name (``sub-01_T1w.nii`` beside
+``sub-01_T1w.nii.gz``) are refused before anything is written.
 """
 
 from __future__ import annotations
@@ -12,17 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bids_pcs.errors import InputDataError
+from bids_pcs.io.bids_names import entity_order, parse_name
 
 # BIDS labels are alphanumeric; anything else (such as "../x") is refused
 # before it can reach a path.
 _LABEL = re.compile(r"[A-Za-z0-9]+")
-# entities that may distinguish T1w images of one participant, in BIDS order
-_UNIT_ENTITIES: tuple[tuple[str, str], ...] = (
-    ("acquisition", "acq"),
-    ("ceagent", "ce"),
-    ("reconstruction", "rec"),
-    ("run", "run"),
-)
 
 
 @dataclass(frozen=True)
@@ -33,8 +31,8 @@ class T1wImage:
         path: absolute path of the NIfTI file.
         subject: participant label without ``sub-``.
         session: session label without ``ses-``, or ``None``.
-        entities: further naming entities as (short key, value) pairs in BIDS
-            order, e.g. ``(("acq", "mprage"), ("run", "1"))``.
+        entities: every other entity of the raw name, as (short key, value)
+            pairs in BIDS order, e.g. ``(("task", "still"), ("acq", "mprage"))``.
         relpath: path relative to the dataset root (POSIX), for BIDS URIs.
     """
 
@@ -137,7 +135,9 @@ def _collect_t1w(bids_dir: Path, participant_labels: tuple[str, ...],
 
     files = layout.get(suffix="T1w", datatype="anat", extension=[".nii", ".nii.gz"],
                        return_type="object", **query)
-    images = sorted((_to_image(f, bids_dir) for f in files), key=lambda im: im.relpath)
+    images = sorted((_to_image(Path(f.path), bids_dir) for f in files),
+                     key=lambda im: im.relpath)
+    _refuse_shared_names(images)
     if not images:
         filters = f"participants {', '.join(subjects) or 'all'}"
         if sessions:
@@ -147,17 +147,42 @@ def _collect_t1w(bids_dir: Path, participant_labels: tuple[str, ...],
     return tuple(images)
 
 
-def _to_image(bids_file, bids_dir: Path) -> T1wImage:
-    ent = bids_file.get_entities()
-    extra = tuple((short, str(ent[long])) for long, short in _UNIT_ENTITIES if long in ent)
-    path = Path(bids_file.path)
+def _to_image(path: Path, bids_dir: Path) -> T1wImage:
+    """The unit of one raw T1w file, its entities read from the file name itself."""
+    try:
+        pairs, _, _ = parse_name(path.name)
+    except ValueError as exc:
+        raise InputDataError(f"T1w image {path} does not have a BIDS file name ({exc}); "
+                             "rename it, or list it in the dataset's .bidsignore.") from exc
+    known = entity_order()
+    unknown = [key for key, _ in pairs if key not in known]
+    if unknown:
+        raise InputDataError(
+            f"T1w image {path} has entity {unknown[0]}-, which BIDS does not define; rename "
+            "it, or list it in the dataset's .bidsignore.")
+    entities = dict(pairs)
+    others = sorted(((k, v) for k, v in pairs if k not in ("sub", "ses")),
+                    key=lambda pair: known.index(pair[0]))
     return T1wImage(
         path=path,
-        subject=str(ent["subject"]),
-        session=str(ent["session"]) if "session" in ent else None,
-        entities=extra,
+        subject=entities["sub"],
+        session=entities.get("ses"),
+        entities=tuple(others),
         relpath=path.relative_to(bids_dir).as_posix(),
     )
+
+
+def _refuse_shared_names(images: list[T1wImage]) -> None:
+    """Two images whose derivatives would overwrite each other: one sentence, nothing written."""
+    seen: dict[tuple[str, str], T1wImage] = {}
+    for image in images:
+        key = (image.anat_dir, image.prefix)
+        if key in seen:
+            raise InputDataError(
+                f"T1w images {seen[key].path} and {image.path} would get the same derivative "
+                f"names ({image.prefix}_...); remove one of them, or give one an entity that "
+                "tells them apart (such as run-2).")
+        seen[key] = image
 
 
 def _listing(labels: list[str], limit: int = 20) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,20 +20,15 @@ from bids_pcs.config import TEMPLATE_NAME, LabelSettings
 from bids_pcs.errors import OutputError
 from bids_pcs.io.atomic import remove_stale_temporaries, write_json, write_text
 from bids_pcs.io.bids_input import T1wImage
+from bids_pcs.io.bids_names import build_name
 
 LOGGER = logging.getLogger("bids_pcs.derivatives")
 BIDS_VERSION = "1.10.0"
-# entity values and suffixes are BIDS labels: a "_", "-", "." or "/" in one
-# would change how the name parses, or where the file goes
-_VALUE = re.compile(r"[A-Za-z0-9]+")
-_EXTENSION = re.compile(r"(\.[A-Za-z0-9]+)+")
-
-# derivative entities in BIDS schema order (after the raw ones that name the
-# source image); "from", "to" and "mode" name transforms (BEP014 draft).
-# "hemi" is left out on purpose: BIDS allows it for surfaces only, so the
-# validator rejects it on volumes; the hemisphere goes into desc or label
-# instead (see crop_path and probseg_path).
-_DERIVATIVE_ENTITY_ORDER = ("from", "to", "mode", "space", "res", "label", "desc")
+# the entities derivatives add to their source's; "from", "to" and "mode" name
+# transforms (BEP014 draft). "hemi" is left out on purpose: BIDS allows it for
+# surfaces only, so the validator rejects it on volumes; the hemisphere goes
+# into desc or label instead (see crop_path and probseg_path).
+DERIVATIVE_ENTITIES = ("from", "to", "mode", "space", "res", "label", "desc")
 
 # files the BIDS specification does not define yet; listed in .bidsignore
 BIDSIGNORE_PATTERNS = (
@@ -172,33 +166,29 @@ def dseg_lookup_tsv(labels: LabelSettings | None = None) -> str:
 
 def derivative_name(source: T1wImage, *, suffix: str, extension: str,
                     **entities: str | None) -> str:
-    """BIDS file name of a derivative of ``source``.
+    """BIDS file name of a derivative of ``source``: its raw entities, then ``entities``.
 
     ``entities`` use BIDS keys (``space``, ``desc``, ``label``, ``res``,
     and ``from_``/``to``/``mode`` for transforms); ``None`` values are skipped.
+    The name is built by pybids' ``build_path`` (see :mod:`bids_pcs.io.bids_names`).
 
     Example::
 
         derivative_name(img, space="T1w", desc="pcs", suffix="dseg", extension=".nii.gz")
-        # 'sub-01_space-T1w_desc-pcs_dseg.nii.gz'
+        # 'sub-01_task-still_space-T1w_desc-pcs_dseg.nii.gz'
     """
     cleaned = {k.rstrip("_"): v for k, v in entities.items() if v is not None}
-    unknown = set(cleaned) - set(_DERIVATIVE_ENTITY_ORDER)
+    unknown = set(cleaned) - set(DERIVATIVE_ENTITIES)
     if "hemi" in unknown:
         raise ValueError("BIDS allows hemi- only on surfaces; use crop_path() or "
                          "probseg_path(), which put the hemisphere in desc- or label-")
     if unknown:
         raise ValueError(f"unknown derivative entities: {sorted(unknown)}")
-    for key, value in [*cleaned.items(), ("suffix", suffix)]:
-        if not _VALUE.fullmatch(str(value)):
-            raise ValueError(f"{key} {value!r} is not a BIDS label (letters and digits only)")
-    parts = [source.prefix]
-    parts += [f"{key}-{cleaned[key]}" for key in _DERIVATIVE_ENTITY_ORDER if key in cleaned]
-    if not extension.startswith("."):
-        extension = "." + extension
-    if not _EXTENSION.fullmatch(extension):
-        raise ValueError(f"extension {extension!r} is not a file extension such as .nii.gz")
-    return "_".join(parts) + f"_{suffix}{extension}"
+    raw = {"sub": source.subject, "ses": source.session, **dict(source.entities)}
+    taken = sorted(set(cleaned) & {k for k, v in raw.items() if v is not None})
+    if taken:
+        raise ValueError(f"{source.prefix} already has the entities {taken}")
+    return Path(build_name({**raw, **cleaned}, suffix=suffix, extension=extension)).name
 
 
 def derivative_path(output_dir: Path, source: T1wImage, *, suffix: str, extension: str,

@@ -31,7 +31,9 @@ import pandas as pd
 from bids_pcs.config import HEMISPHERES, PCS_CLASSES
 from bids_pcs.errors import InputDataError
 from bids_pcs.io.bids_input import T1wImage
+from bids_pcs.io.bids_names import parse_name
 from bids_pcs.io.derivatives import (
+    DERIVATIVE_ENTITIES,
     PCS_TABLE_COLUMNS,
     crop_path,
     dseg_path,
@@ -44,8 +46,8 @@ from bids_pcs.io.derivatives import (
 
 # the endings that mark an image as processed; the prefix is what precedes them
 _PCS_TABLE_END = "_desc-pcs_pcs.tsv"
-_QC_END = re.compile(r"_space-[A-Za-z0-9]+_desc-registration_qc\.json$")
-_CROP_END = re.compile(r"_space-[A-Za-z0-9]+_desc-medialfrontal[LR]_T1w\.nii(\.gz)?$")
+_QC_END = re.compile(r"_desc-registration_qc\.json$")
+_CROP_END = re.compile(r"_desc-medialfrontal[LR]_T1w\.nii(\.gz)?$")
 _ENTITY = re.compile(r"^([a-z]+)-([A-Za-z0-9]+)$")
 
 
@@ -229,13 +231,19 @@ def _qc_from_table(path: Path) -> RegistrationQC | None:
 
 
 def _prefix_of(name: str) -> str | None:
-    if name.endswith(_PCS_TABLE_END):
-        return name[: -len(_PCS_TABLE_END)]
-    for pattern in (_QC_END, _CROP_END):
-        match = pattern.search(name)
-        if match:
-            return name[: match.start()]
-    return None
+    """The raw stem of a PCS table, registration QC or crop (None for any other file).
+
+    Derivative entities may sit between raw ones (BIDS puts ``chunk-`` after
+    ``space-``), so the name is parsed, not cut.
+    """
+    if not (name.endswith(_PCS_TABLE_END) or _QC_END.search(name) or _CROP_END.search(name)):
+        return None
+    try:
+        pairs, _, _ = parse_name(name)
+    except ValueError:
+        return None
+    return "_".join(f"{key}-{value}" for key, value in pairs
+                    if key not in DERIVATIVE_ENTITIES)
 
 
 def _raw_relpath(output_dir: Path, image: T1wImage) -> str:
