@@ -281,9 +281,11 @@ class _CohortOnDisk:
 
 
 def _read_participants(raw_dir: Path) -> list[dict[str, Any]]:
-    lines = (raw_dir / "participants.tsv").read_text().splitlines()
-    header = lines[0].split("\t")
-    return [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:] if line]
+    import pandas as pd
+
+    table = pd.read_csv(raw_dir / "participants.tsv", sep="\t", dtype=str,
+                        keep_default_na=False)
+    return table.to_dict("records")
 
 
 def split_participants(cohort, held_out_fraction: float, seed: int,

@@ -3,14 +3,15 @@
 Masks:
 
 - :func:`dice` and :func:`hd95` (95th-percentile Hausdorff distance in mm,
-  honouring the voxel spacing) compare a predicted and a true binary mask.
-  They take numpy arrays or torch tensors (any device) of equal shape.
-  Empty masks: both empty -> Dice 1 and HD95 0 (a correct "no sulcus"); one
-  empty -> Dice 0 and HD95 ``nan`` (no surface to measure from; aggregate
-  with :func:`numpy.nanmean` and report how many were undefined).
-- HD95 follows MONAI's ``compute_hausdorff_distance(percentile=95)``: surface
-  voxels are the mask minus its erosion, the distances from each surface to
-  the other are computed with a Euclidean distance transform in mm, and the
+  honouring the voxel spacing) compare a predicted and a true binary mask,
+  with :func:`monai.metrics.compute_dice` and
+  :func:`monai.metrics.compute_hausdorff_distance`.  They take numpy arrays
+  or torch tensors (any device) of equal shape.  Empty masks: both empty ->
+  Dice 1 and HD95 0 (a correct "no sulcus"); one empty -> Dice 0 and HD95
+  ``nan`` (no surface to measure from; aggregate with :func:`numpy.nanmean`
+  and report how many were undefined).
+- HD95 is MONAI's: surface voxels are the mask minus its erosion, the
+  distances from each surface to the other are Euclidean in mm, and the
   larger of the two 95th percentiles is the result.
 
 Presence (absent vs present or prominent) and the three classes:
@@ -19,7 +20,8 @@ Presence (absent vs present or prominent) and the three classes:
   as their indices 0, 1, 2; "present" as a *presence* outcome means present
   or prominent (the positive class);
 - :func:`presence_metrics` gives accuracy, balanced accuracy, F1,
-  sensitivity, specificity and ROC AUC; a value that is undefined on the data
+  sensitivity, specificity and ROC AUC (:func:`monai.metrics.compute_roc_auc`,
+  ties counting one half); a value that is undefined on the data
   (sensitivity without any true presence, ROC AUC with one class only, F1
   when nobody is present in truth or prediction) is ``nan``, never a silent 0;
 - :func:`classification_metrics` starts from the (n, 3) class probabilities
@@ -40,12 +42,12 @@ Usage::
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage, stats
 
 from bids_pcs.config import PCS_CLASSES
 
@@ -87,11 +89,12 @@ def _pair(pred: Any, truth: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def dice(pred: Any, truth: Any) -> float:
     """Dice coefficient ``2|P & T| / (|P| + |T|)``; 1.0 when both masks are empty."""
+    from monai.metrics import compute_dice
+
     pred, truth = _pair(pred, truth)
-    total = int(pred.sum()) + int(truth.sum())
-    if total == 0:
-        return 1.0
-    return 2.0 * float(np.logical_and(pred, truth).sum()) / total
+    # ignore_empty=False: an empty truth scores 1 when the prediction is empty too, else 0
+    return float(compute_dice(_one_hot(pred), _one_hot(truth), include_background=True,
+                              ignore_empty=False))
 
 
 def hd95(pred: Any, truth: Any, spacing: Sequence[float] | None = None,
@@ -106,20 +109,21 @@ def hd95(pred: Any, truth: Any, spacing: Sequence[float] | None = None,
     Returns:
         0.0 when both masks are empty, ``nan`` when exactly one is.
     """
+    from monai.metrics import compute_hausdorff_distance
+
     pred, truth = _pair(pred, truth)
     spacing_mm = _spacing(spacing, pred.ndim)
     has_pred, has_truth = bool(pred.any()), bool(truth.any())
     if not has_pred and not has_truth:
         return 0.0
     if has_pred != has_truth:
-        return float("nan")
-    # only the box around both masks matters; a one-voxel margin keeps the
-    # erosion at the box faces as it would be in the full volume
-    box = _bounding_box(pred | truth, margin=1)
-    pred_edge, truth_edge = _surface(pred[box]), _surface(truth[box])
-    to_truth = ndimage.distance_transform_edt(~truth_edge, sampling=spacing_mm)[pred_edge]
-    to_pred = ndimage.distance_transform_edt(~pred_edge, sampling=spacing_mm)[truth_edge]
-    return float(max(np.percentile(to_truth, percentile), np.percentile(to_pred, percentile)))
+        return float("nan")  # MONAI would warn and give inf: no surface to measure from
+    with warnings.catch_warnings():  # MONAI 1.6 warns about an argument it passes itself
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy",
+                                category=FutureWarning)
+        return float(compute_hausdorff_distance(_one_hot(pred), _one_hot(truth),
+                                                include_background=True, percentile=percentile,
+                                                spacing=list(spacing_mm)))
 
 
 def mask_metrics(pred: Any, truth: Any, spacing: Sequence[float] | None = None) -> MaskMetrics:
@@ -138,17 +142,11 @@ def _spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...]:
     return values
 
 
-def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
-    where = np.argwhere(mask)
-    lo = np.maximum(where.min(axis=0) - margin, 0)
-    hi = np.minimum(where.max(axis=0) + margin + 1, mask.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+def _one_hot(mask: np.ndarray):
+    """A binary mask as MONAI's (batch, channel, *spatial) float tensor: one item, one class."""
+    import torch
 
-
-def _surface(mask: np.ndarray) -> np.ndarray:
-    # MONAI's definition (get_mask_edges): the mask minus its erosion by the
-    # face-connected cross, so that results agree with MONAI's HD95
-    return mask & ~ndimage.binary_erosion(mask)
+    return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
 
 
 # ---------------------------------------------------------- classes, presence
@@ -234,17 +232,17 @@ def presence_probability(probabilities: Any) -> np.ndarray:
 
 
 def roc_auc(y_true: Sequence[bool] | np.ndarray, score: Sequence[float] | np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U with mid-ranks); ``nan`` with one class."""
+    """Area under the ROC curve (MONAI's; ties count one half); ``nan`` with one class."""
+    import torch
+    from monai.metrics import compute_roc_auc
+
     truth = np.asarray(y_true, dtype=bool).ravel()
     score = np.asarray(score, dtype=float).ravel()
     if truth.shape != score.shape:
         raise ValueError(f"{truth.size} labels but {score.size} scores")
-    n_pos = int(truth.sum())
-    n_neg = truth.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = stats.rankdata(score)  # ties get their mean rank, so they count one half
-    return float((ranks[truth].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    if truth.all() or not truth.any():
+        return float("nan")  # undefined; MONAI would warn and say the same
+    return float(compute_roc_auc(torch.from_numpy(score), torch.from_numpy(truth.astype(np.int64))))
 
 
 def presence_metrics(true_classes: Sequence[str | int] | np.ndarray,

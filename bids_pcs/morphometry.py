@@ -39,10 +39,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from nibabel.affines import apply_affine
 from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import dijkstra, shortest_path
-from skimage.morphology import skeletonize
+from skimage.morphology import disk, skeletonize
 
 from bids_pcs.config import HEMISPHERES, LabelSettings
 
@@ -85,8 +86,7 @@ def pcs_volume_mm3(mask: np.ndarray, affine: np.ndarray) -> float:
 
 def voxels_to_mm(indices: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """(n, 3) voxel indices (may be fractional) -> (n, 3) world millimetres."""
-    affine = np.asarray(affine, dtype=float)
-    return np.asarray(indices, dtype=float) @ affine[:3, :3].T + affine[:3, 3]
+    return apply_affine(np.asarray(affine, dtype=float), np.asarray(indices, dtype=float))
 
 
 def split_hemispheres(dseg: np.ndarray, labels: LabelSettings | None = None
@@ -169,9 +169,8 @@ def _sagittal_projection(mask: np.ndarray, affine: np.ndarray, pixel_mm: float
     pixels = np.rint((points - origin) / pixel_mm).astype(np.int64) + margin
     image = np.zeros(tuple(pixels.max(axis=0) + margin + 1), dtype=bool)
     image[pixels[:, 0], pixels[:, 1]] = True
-    offsets = np.arange(-radius_px, radius_px + 1)
-    disc = np.hypot(offsets[:, None], offsets[None, :]) <= radius_px
-    return ndimage.binary_dilation(image, structure=disc), radius_px * pixel_mm
+    return ndimage.binary_dilation(image, structure=disk(radius_px).astype(bool)), \
+        radius_px * pixel_mm
 
 
 def _longest_path(nodes: np.ndarray) -> np.ndarray:

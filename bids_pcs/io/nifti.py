@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.affines import voxel_sizes
 
 from bids_pcs.errors import ImageError
 
@@ -61,7 +62,7 @@ def load_t1w(path: str | Path, *, check_data: bool = True) -> nib.Nifti1Image:
                          "this app accepts", "resample it to about 1 mm first")
     affine = img.affine
     # the affine, not pixdim, is what every later step uses: check the voxel sizes it implies
-    voxel_mm = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    voxel_mm = voxel_sizes(affine)
     # axes (nearly) parallel or of zero length: |det| is tiny next to the product of sizes
     if (not np.all(np.isfinite(affine)) or not np.all(voxel_mm > 0)
             or abs(np.linalg.det(affine[:3, :3])) < 1e-3 * float(np.prod(voxel_mm))):

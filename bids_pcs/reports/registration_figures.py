@@ -16,6 +16,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from matplotlib.figure import Figure
+from nibabel.affines import apply_affine
 from scipy import ndimage
 
 from bids_pcs.reports.figures import (
@@ -85,7 +86,7 @@ def _template_on_grid(affine_bytes: bytes, shape: tuple[int, ...]) -> dict[str, 
     brain, white, template_affine = _tissue_templates()
     voxel_to_template = np.linalg.inv(template_affine) @ affine
     grid = np.indices(shape, dtype=np.float32).reshape(3, -1)
-    coords = voxel_to_template[:3, :3] @ grid + voxel_to_template[:3, 3:4]
+    coords = apply_affine(voxel_to_template, grid.T).T
     out = {}
     for name, volume in (("brain", brain), ("white", white)):
         resampled = ndimage.map_coordinates(volume, coords, order=1, mode="constant",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
+from skimage.morphology import ball
 
 from bids_pcs.spatial.intensity import foreground_mask
 
@@ -48,5 +49,4 @@ def rough_brain_mask(data: np.ndarray, spacing_mm: float) -> np.ndarray:
 
 
 def _ball(radius: int) -> np.ndarray:
-    grid = np.indices((2 * radius + 1,) * 3) - radius
-    return (grid**2).sum(axis=0) <= radius * radius
+    return ball(radius).astype(bool)

@@ -266,7 +266,19 @@ def _mi_cost(fixed, moving, mask, transform: Path) -> float:
 
 
 def _ants_registration(args: list[str]) -> None:
-    """Run ``antsRegistration`` in-process with command-line ``args``."""
+    """Run ``antsRegistration`` in-process with command-line ``args``.
+
+    ``ants.registration``'s keyword interface (antspyx 0.6) cannot express
+    these fits, so the argument list is passed as antspyx allows
+    (``fixed=args, moving=None``): its ``random_seed`` keyword is accepted but
+    never passed on (only a process-wide ``ants.config`` seed is), which would
+    undo the seeded, repeatable sampling; its linear stages use a fixed step
+    of 0.25 (here 0.1 and 0.2) and ``Regular`` sampling only (some fits here
+    are dense); and one call takes one fixed/moving pair and one mask, where
+    the stages of :func:`register_to_template` use the brain-masked image with
+    the brain mask, the whole image with the region mask, and a cropped
+    template for SyN.
+    """
     ants = import_ants()
     ants.registration(fixed=args, moving=None)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from nibabel.affines import apply_affine
 from scipy import ndimage
 
 # how the scanner grid's displacement is sampled before separable upsampling;
@@ -117,7 +118,7 @@ def native_grid(outline_mm: np.ndarray, to_scanner: np.ndarray, voxel_mm: tuple[
     Placing the outline rather than the corners of its box keeps the field of
     view tight around a rotated head (voxels cost time).
     """
-    placed = outline_mm @ to_scanner[:3, :3].T + to_scanner[:3, 3]
+    placed = apply_affine(to_scanner, outline_mm)
     low = placed.min(0) - margin_mm
     high = placed.max(0) + margin_mm
     vox = np.asarray(voxel_mm, dtype=float)
@@ -145,7 +146,7 @@ def pullback_coordinates(grid: NativeGrid, shape: Shape, pose: Pose,
         coarse_axes.append(axis)
         weights.append(_linear_weights(n, axis).astype(np.float32))
     lattice = np.stack(np.meshgrid(*coarse_axes, indexing="ij"), axis=-1).reshape(-1, 3)
-    r_coarse = lattice @ to_r[:3, :3].T + to_r[:3, 3]
+    r_coarse = apply_affine(to_r, lattice)
     u_coarse = shape.displacement(r_coarse) @ inv_template[:3, :3].T
     u_coarse = u_coarse.reshape(*[len(a) for a in coarse_axes], 3)
 
@@ -164,7 +165,7 @@ def scanner_points(points_mm: np.ndarray, shape: Shape, pose: Pose) -> np.ndarra
     """Scanner mm of (n, 3) template points, through the whole warp."""
     r = shape.undeform(points_mm)
     matrix = template_to_scanner(shape, pose)
-    return r @ matrix[:3, :3].T + matrix[:3, 3]
+    return apply_affine(matrix, r)
 
 
 def separable_bspline_field(coefficients: np.ndarray, shape: tuple[int, int, int]
