@@ -20,13 +20,13 @@ import click
 
 from bids_pcs import __version__
 from bids_pcs.devices import (
-    available_cpus,
     check_device,
     check_device_spec,
     default_omp_threads,
     set_threads,
 )
 from bids_pcs.errors import BidsPcsError, DeviceError, OutputError, UsageError
+from bids_pcs.resources import detect_allocation
 
 LOGGER = logging.getLogger("bids_pcs")
 
@@ -153,10 +153,15 @@ def _validate_device(_ctx: click.Context, _param: click.Parameter, value: str) -
               help="Intermediate files; reused to resume (default: a folder in the system "
                    "temporary directory named after OUTPUT_DIR). Never inside BIDS_DIR.")
 @click.option("--nprocs", type=click.IntRange(min=1), default=None,
-              help="Images processed in parallel (default: all available CPUs).")
+              help="CPUs the run may keep busy (default: the allocation's: "
+                   "SLURM_CPUS_PER_TASK in a SLURM job, else the CPU affinity or cgroup quota).")
 @click.option("--omp-nthreads", type=click.IntRange(min=1), default=None,
               help="Threads per process for PyTorch (default: min(nprocs, 8)); ANTs runs "
                    "one thread per image, so that registrations repeat exactly.")
+@click.option("--mem-gb", "--mem_gb", "mem_gb", type=click.FloatRange(min=0.1), default=None,
+              help="Memory the run may use, in GB: bounds the images preprocessed in parallel "
+                   "(default: the allocation's: SLURM_MEM_PER_NODE in a SLURM job, else the "
+                   "cgroup limit or the machine's memory).")
 @click.option("--device", default="auto", show_default=True, callback=_validate_device,
               help="Compute device for the network: auto, cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=0, show_default=True,
@@ -223,12 +228,14 @@ def cli(**options: Any) -> None:
         # traceback only with -v (its handler is at DEBUG then)
         LOGGER.debug("run failed: %s", exc, exc_info=True)
         click.echo(f"bids_pcs: error: {exc}", err=True)
+        _record_for_torchrun(exc)
         ctx.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("bids_pcs: interrupted; finished outputs are kept, rerun to resume.", err=True)
         ctx.exit(130)
     except Exception as exc:  # a bug: say where the details are
         LOGGER.debug("unexpected error", exc_info=True)
+        _record_for_torchrun(exc)
         if options["verbose"]:
             raise
         click.echo(f"bids_pcs: internal error: {type(exc).__name__}: {exc} "
@@ -239,6 +246,23 @@ def cli(**options: Any) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     cli.main(args=argv, prog_name="bids_pcs")
+
+
+def _record_for_torchrun(exc: BaseException) -> None:
+    """Under ``torchrun``, hand the error to its agent, which names the first failing rank.
+
+    torchrun gives each process a file (``TORCHELASTIC_ERROR_FILE``) for its
+    error; its failure summary then shows the message of the process that
+    failed first, not only exit codes.
+    """
+    if not os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        return
+    try:
+        from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+
+        ErrorHandler().record_exception(exc)
+    except Exception:  # never hide the error itself behind a reporting problem
+        LOGGER.debug("could not write torchrun's error file", exc_info=True)
 
 
 def check_level_options(options: dict[str, Any]) -> None:
@@ -267,7 +291,8 @@ def build_settings(options: dict[str, Any]):
     work_dir = options["work_dir"]
     work_dir = (work_dir.expanduser().absolute() if work_dir is not None
                 else default_work_dir(output_dir))
-    nprocs = options["nprocs"] or available_cpus()
+    allocation = detect_allocation(nprocs=options["nprocs"], mem_gb=options.get("mem_gb"))
+    nprocs = allocation.cpus
     omp = options["omp_nthreads"] or default_omp_threads(nprocs)
 
     check_labels(options)
@@ -281,6 +306,8 @@ def build_settings(options: dict[str, Any]):
         "session_label": list(options["session_label"]),
         "nprocs": nprocs,
         "omp_nthreads": omp,
+        "mem_gb": round(allocation.memory_gb, 3),
+        "resources_from": f"CPUs: {allocation.cpus_from}; memory: {allocation.memory_from}",
         "device": options["device"],
         "seed": options["seed"],
         "skip_bids_validation": options["skip_bids_validation"],

@@ -233,8 +233,10 @@ class RunSettings:
     work_dir: str = ""
     participant_label: tuple[str, ...] = ()
     session_label: tuple[str, ...] = ()
-    nprocs: int = 1
+    nprocs: int = 1  # CPUs the run may keep busy
     omp_nthreads: int = 1
+    mem_gb: float = 0.0  # memory the run may use; 0: not bounded (library use)
+    resources_from: str = ""  # where nprocs and mem_gb come from (bids_pcs.resources)
     device: str = "auto"
     seed: int = 0
     skip_bids_validation: bool = False

@@ -75,11 +75,13 @@ def resolve_device(spec: str = "auto", local_rank: int | None = None) -> torch.d
 
 
 def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask: cgroups, ``taskset``, SLURM)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    """CPUs this run may use: the SLURM allocation's, else the affinity mask or cgroup quota.
+
+    See :func:`bids_pcs.resources.detect_allocation` (which also sizes the memory).
+    """
+    from bids_pcs.resources import detect_allocation
+
+    return detect_allocation().cpus
 
 
 def default_omp_threads(nprocs: int) -> int:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -41,6 +42,7 @@ from bids_pcs.errors import BidsPcsError, ImageError
 from bids_pcs.io.bids_input import T1wImage
 from bids_pcs.io.derivatives import crop_path, registration_qc_path, xfm_path
 from bids_pcs.io.nifti import QFORM_SFORM_TOLERANCE_MM, load_t1w, qform_sform_mismatch_mm
+from bids_pcs.resources import PreprocPlan, physical_memory_bytes, plan_preprocessing
 
 LOGGER = logging.getLogger("bids_pcs.preprocess")
 TRANSFORM_EXTENSION = ".h5"  # ANTs composite: affine, or affine + warp when deformable
@@ -152,8 +154,9 @@ def preprocess_images(
     """Preprocess every image lacking up-to-date derivatives; return all of them, in order.
 
     Args:
-        settings: run settings (``run.nprocs``: images in parallel, and the
-            template, crop, registration and intensity sections).
+        settings: run settings (``run.nprocs`` and ``run.mem_gb``, which
+            :mod:`bids_pcs.resources` turns into the images preprocessed in
+            parallel, and the template, crop, registration and intensity sections).
         images: the T1w images (see :func:`bids_pcs.io.bids_input.collect_t1w`).
         output_dir: the derivative dataset (default ``settings.run.output_dir``),
             which must already exist (``init_derivatives``).
@@ -246,9 +249,10 @@ def _preprocess_batch(settings: Settings, images: list[T1wImage], output_dir: Pa
                       failed: dict[T1wImage, str]) -> Exception | None:
     """One Nipype run over ``images``; each ends in ``done`` or, with its reason, ``failed``."""
     crash_dir = work / "crash"
-    workflow = init_preproc_meta_wf(settings, images, output_dir, work)
+    plan = _plan(settings, images)
+    workflow = init_preproc_meta_wf(settings, images, output_dir, work, plan=plan)
     started = time.time()
-    error = _run(workflow, settings)
+    error = _run(workflow, settings, plan)
     reasons = _crash_reasons(crash_dir, since=started)
     for image in images:
         result = load_preprocessed(settings, image, output_dir)
@@ -356,9 +360,29 @@ def _failure_summary(images: Sequence[T1wImage], failed: dict[T1wImage, str],
             f"(the log names each file{crash}).")
 
 
+def _plan(settings: Settings, images: Sequence[T1wImage]) -> PreprocPlan:
+    """Images in parallel within the run's CPUs and memory, logged."""
+    run = settings.run
+    voxels = max(math.prod(load_t1w(image.path, check_data=False).shape[:3]) for image in images)
+    # library callers without a memory bound: as much as the machine has
+    memory_gb = run.mem_gb or physical_memory_bytes() / 2**30
+    plan = plan_preprocessing(n_images=len(images), largest_voxels=voxels, cpus=run.nprocs,
+                              memory_gb=memory_gb, deformable=settings.registration.deformable)
+    where = f" ({run.resources_from})" if run.resources_from else ""
+    LOGGER.info("Resources: %d CPU(s), %.1f GB%s; preprocessing plan for %d image(s): %s",
+                run.nprocs, memory_gb, where, len(images), plan.describe())
+    if plan.warning:
+        LOGGER.warning("%s", plan.warning)
+    return plan
+
+
 def init_preproc_meta_wf(settings: Settings, images: Sequence[T1wImage], output_dir: Path,
-                         work_dir: Path):
-    """One workflow holding a preprocessing workflow and a derivatives sink per image."""
+                         work_dir: Path, plan: PreprocPlan | None = None):
+    """One workflow holding a preprocessing workflow and a derivatives sink per image.
+
+    ``plan`` (default: one image at a time with ``settings.run.omp_nthreads``
+    threads) sets each image's threads and its heavy nodes' ``mem_gb``.
+    """
     from nipype.pipeline import engine as pe
 
     from bids_pcs.interfaces.derivatives import PreprocDerivativesSink
@@ -377,7 +401,8 @@ def init_preproc_meta_wf(settings: Settings, images: Sequence[T1wImage], output_
     metadata = _metadata(settings)
     for image in images:
         name = _workflow_name(image)
-        preproc = init_pcs_preproc_wf(settings=settings, name=name)
+        preproc = init_pcs_preproc_wf(settings=settings,
+                                      image_gb=plan.image_gb if plan else None, name=name)
         preproc.inputs.inputnode.t1w = str(image.path)
         where = output_paths(output_dir, image)
         sink = pe.Node(
@@ -445,15 +470,16 @@ def _work_dir(settings: Settings, work_dir: Path | None) -> Path:
     return path
 
 
-def _run(workflow, settings: Settings) -> Exception | None:
+def _run(workflow, settings: Settings, plan: PreprocPlan) -> Exception | None:
     """Run ``workflow``; return the exception of a partial failure (outputs tell which)."""
     nipype_level = logging.INFO if settings.run.verbose >= 2 else logging.WARNING
     for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
         logging.getLogger(name).setLevel(nipype_level)
     plugin = settings.nipype.plugin
-    if plugin == "auto":
-        plugin = "MultiProc" if settings.run.nprocs > 1 else "Linear"
     args = dict(settings.nipype.plugin_args)
+    if plugin == "auto":
+        plugin = plan.plugin
+        args = {**plan.plugin_args, **args}
     if plugin == "MultiProc":
         args.setdefault("n_procs", settings.run.nprocs)
         args.setdefault("raise_insufficient", False)

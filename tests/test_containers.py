@@ -235,11 +235,11 @@ def test_torchrun_template_starts_one_torchrun_per_node_on_the_cli_module(tmp_pa
     assert result.returncode == 0, result.stderr
     command = result.stdout.splitlines()[-1].split()
     assert command[:5] == ["srun", "--kill-on-bad-exit=1", "apptainer", "exec", "--nv"]
-    assert command[6] == "torchrun"
+    assert command[6:9] == ["python", "-m", "torch.distributed.run"]  # torchrun
     for option in ("--nnodes=2", "--nproc-per-node=4", "--rdzv-id=77", "--rdzv-backend=c10d",
                    "--rdzv-endpoint=gpu07:29500", "--device", "--omp-nthreads"):
         assert option in command
-    at = command.index("-m")
+    at = command.index("-m", 8)
     assert command[at:at + 7] == ["-m", "bids_pcs.cli", "/data", "/out", "pretrain",
                                   "--method", "contrastive"]
     assert command[command.index("--omp-nthreads") + 1] == "8"  # 32 CPUs / 4 GPUs
@@ -312,7 +312,8 @@ def test_slurm_array_collects_exit_codes_and_chains_the_group_level(tmp_path):
     calls = (tmp_path / "bids_pcs.log").read_text().splitlines()
     assert [c.split("--participant-label ")[1].split()[0] for c in calls[:3]] == ["01", "02",
                                                                                   "03"]
-    assert all("--model /models/m" in c and "--nprocs 2" in c for c in calls[:3])
+    # the app sizes itself from SLURM_CPUS_PER_TASK / SLURM_MEM_PER_NODE: no flags needed
+    assert all("--model /models/m" in c and "--nprocs" not in c for c in calls[:3])
     assert calls[3] == f"{bids} {out} group"
     sbatch_calls = (tmp_path / "sbatch.log").read_text().splitlines()
     assert "--dependency=afterany:100" in sbatch_calls[1]

@@ -16,7 +16,8 @@ from bids_pcs.interfaces.crops import NormaliseCropIntensity, RegistrationQC
 from bids_pcs.interfaces.images import LoadT1w
 
 
-def init_pcs_preproc_wf(*, settings: Settings, name: str = "pcs_preproc_wf") -> pe.Workflow:
+def init_pcs_preproc_wf(*, settings: Settings, image_gb: float | None = None,
+                        name: str = "pcs_preproc_wf") -> pe.Workflow:
     """Register a T1w image to MNI152NLin2009aSym and crop each hemisphere's medial frontal box.
 
     Workflow graph::
@@ -27,6 +28,11 @@ def init_pcs_preproc_wf(*, settings: Settings, name: str = "pcs_preproc_wf") -> 
     ----------
     settings
         Run settings; reads ``template``, ``crop``, ``registration`` and ``intensity``.
+    image_gb
+        Estimated peak memory of this image's heavy nodes (N4, registration,
+        resampling; see :func:`bids_pcs.resources.image_memory_gb`), which
+        MultiProc counts against its ``memory_gb``; default: fixed estimates
+        for a 1 mm head.
     name
         Workflow name (unique per image inside a meta-workflow).
 
@@ -64,10 +70,10 @@ def init_pcs_preproc_wf(*, settings: Settings, name: str = "pcs_preproc_wf") -> 
         RegisterToTemplate(coarse_mm=reg.coarse_mm, fine_mm=reg.fine_mm,
                            refine_on_region=reg.refine_on_region, deformable=reg.deformable,
                            random_seed=reg.random_seed, **crop_inputs(settings.crop)),
-        name="register", mem_gb=2.0 if reg.deformable else 1.0,
+        name="register", mem_gb=image_gb or (2.0 if reg.deformable else 1.0),
     )
     resample = pe.Node(ResampleCrops(**crop_inputs(settings.crop)), name="resample_crops",
-                       mem_gb=0.7)
+                       mem_gb=image_gb or 0.7)
     normalise = pe.Node(
         NormaliseCropIntensity(method=settings.intensity.method,
                                lower_percentile=settings.intensity.lower_percentile,
@@ -90,7 +96,7 @@ def init_pcs_preproc_wf(*, settings: Settings, name: str = "pcs_preproc_wf") -> 
         (qc, outputnode, [("out_file", "qc_file"), ("passed", "qc_passed")]),
     ])
     if reg.n4:
-        n4 = pe.Node(N4BiasFieldCorrection(), name="n4", mem_gb=1.0)
+        n4 = pe.Node(N4BiasFieldCorrection(), name="n4", mem_gb=image_gb or 1.0)
         workflow.connect([
             (load, n4, [("out_file", "in_file")]),
             (n4, register, [("out_file", "in_file")]),
