@@ -1,7 +1,13 @@
-"""One process of the two-process DDP test (run by torchrun from test_engine_ddp.py).
+"""One process of the two-process DDP tests (run by torchrun from test_engine_ddp.py).
 
-Each process starts from *different* weights on purpose: DDP must broadcast the
-first process's weights and keep every process identical from then on.
+``python ddp_worker.py OUT MODE``:
+
+- ``identical``: each process starts from *different* weights on purpose; DDP
+  must broadcast the first process's weights and keep every process identical.
+- ``equivalent``: masked reconstruction (random masks) at 2 crops per process;
+  the weights are compared with one process accumulating 2 micro-batches.
+- ``fail``: the second process raises in its fourth step; every process must
+  end at once, not wait at a barrier for the process group's timeout.
 """
 
 from __future__ import annotations
@@ -14,19 +20,54 @@ from training_helpers import TINY_OPTIONS, crop_set, tiny_cnn
 
 from bids_pcs.models.tensor_file import write_tensors
 from bids_pcs.pretraining import get_objective
-from bids_pcs.training.distributed import init_distributed, shutdown_distributed
+from bids_pcs.training.distributed import distributed_run
 from bids_pcs.training.engine import Engine, TrainConfig
 
+EQUIVALENCE = {"crops": 12, "epochs": 2, "batch_size": 2, "learning_rate": 1e-3}
 
-def main(out: Path) -> None:
+
+class RankFailureError(RuntimeError):
+    """The error the ``fail`` mode raises on the second process."""
+
+
+def train_equivalent(context=None, device=None, accumulate_steps: int = 1):
+    """The equivalence run: the same for the DDP processes and the single-process reference."""
+    network = tiny_cnn(seed=4)
+    objective = get_objective("reconstruction", TINY_OPTIONS["reconstruction"])
+    objective.setup(network)
+    config = TrainConfig(epochs=EQUIVALENCE["epochs"], batch_size=EQUIVALENCE["batch_size"],
+                         accumulate_steps=accumulate_steps,
+                         learning_rate=EQUIVALENCE["learning_rate"], progress=False, seed=5)
+    result = Engine(network, objective, config, device=device, context=context).fit(
+        crop_set(EQUIVALENCE["crops"], seed=6))
+    return network, result
+
+
+def main(out: Path, mode: str) -> None:
     torch.set_num_threads(1)
-    context, device = init_distributed("cpu")
-    try:
+    with distributed_run("cpu") as (context, device):
+        if mode == "equivalent":
+            network, result = train_equivalent(context, device)
+            state = dict(network.state_dict())
+            state["loss"] = torch.tensor([row["loss"] for row in result.history])
+            write_tensors(out / f"equivalent-rank{context.rank}.safetensors", state)
+            return
         for method in ("reconstruction", "adversarial"):
             network = tiny_cnn(seed=10 + context.rank)
             objective = get_objective(method, TINY_OPTIONS[method])
             objective.setup(network)
-            config = TrainConfig(epochs=2, batch_size=2, learning_rate=1e-3, progress=False,
+            if mode == "fail" and context.rank == 1:
+                original, calls = objective.losses, []
+
+                def failing(batch, net, phase, original=original, calls=calls):
+                    calls.append(1)
+                    if len(calls) == 4:
+                        raise RankFailureError("rank 1 gave up in its fourth step")
+                    return original(batch, net, phase)
+
+                objective.losses = failing
+            config = TrainConfig(epochs=2 if mode == "identical" else 200, batch_size=2,
+                                 learning_rate=1e-3, progress=False,
                                  checkpoint_dir=out / f"ckpt-{method}")
             result = Engine(network, objective, config, device=device, context=context).fit(
                 crop_set(8))
@@ -34,9 +75,7 @@ def main(out: Path) -> None:
             state.update({f"objective.{k}": v for k, v in objective.state_dict().items()})
             state["loss"] = torch.tensor([row["loss"] for row in result.history])
             write_tensors(out / f"rank{context.rank}-{method}.safetensors", state)
-    finally:
-        shutdown_distributed(context)
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "identical")

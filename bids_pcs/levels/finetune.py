@@ -47,18 +47,15 @@ from bids_pcs.finetuning import (
     split_by_participant,
 )
 from bids_pcs.levels.training_inputs import collect_labelled
-from bids_pcs.training.distributed import DistContext, init_distributed, shutdown_distributed
+from bids_pcs.training.distributed import DistContext, distributed_run
 
 LOGGER = logging.getLogger(__name__)
 
 
 def run(settings: Settings) -> None:
     """Fine-tune with ``settings.finetune.strategy`` from ``settings.run.init``; write the model."""
-    context, device = init_distributed(settings.run.device)
-    try:
+    with distributed_run(settings.run.device) as (context, device):
         _finetune(settings, context, device)
-    finally:
-        shutdown_distributed(context)
 
 
 def model_dir_of(settings: Settings, init_method: str) -> Path:

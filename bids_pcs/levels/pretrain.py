@@ -34,7 +34,7 @@ from bids_pcs.levels.training_inputs import preprocessed_passing_qc, selected_im
 from bids_pcs.pretraining import get_objective
 from bids_pcs.pretraining.train import pretrain
 from bids_pcs.training.data import load_crop_set
-from bids_pcs.training.distributed import DistContext, init_distributed, shutdown_distributed
+from bids_pcs.training.distributed import DistContext, distributed_run
 
 LOGGER = logging.getLogger(__name__)
 
@@ -50,11 +50,8 @@ class CropFile:
 
 def run(settings: Settings) -> None:
     """Pre-train with ``settings.pretrain.method`` and write the model directory."""
-    context, device = init_distributed(settings.run.device)
-    try:
+    with distributed_run(settings.run.device) as (context, device):
         _pretrain(settings, context, device)
-    finally:
-        shutdown_distributed(context)
 
 
 def model_name(settings: Settings) -> str:

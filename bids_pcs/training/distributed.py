@@ -7,16 +7,21 @@ no-op and training runs in one process.
 
 Usage::
 
-    context, device = init_distributed(settings.run.device)
-    try:
+    with distributed_run(settings.run.device) as (context, device):
         ...  # Engine(..., context=context)
-    finally:
-        shutdown_distributed(context)
+
+A process that fails leaves at once, without the final barrier: the others
+may be inside a collective it will never join, and would wait for the
+process group's timeout (hours). Its exit ends the run: ``torchrun`` stops
+every other process of the node when one fails, gloo and NCCL peers see its
+connections close, and ``srun --kill-on-bad-exit=1`` ends the other nodes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -69,6 +74,19 @@ def init_distributed(device_spec: str = "auto") -> tuple[DistContext, torch.devi
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=_TIMEOUT)
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank), device
+
+
+@contextlib.contextmanager
+def distributed_run(device_spec: str = "auto") -> Iterator[tuple[DistContext, torch.device]]:
+    """Join the process group for the ``with`` block; leave it cleanly only on success.
+
+    On an exception no barrier is entered (the other processes may be stuck in
+    a gradient all-reduce this one will never reach): the exception goes on at
+    once, the process exits with it and its launcher ends the others.
+    """
+    context, device = init_distributed(device_spec)
+    yield context, device  # an exception in the block is raised here and goes on
+    shutdown_distributed(context)
 
 
 def shutdown_distributed(context: DistContext) -> None:

@@ -6,7 +6,9 @@ network parameters learn; the fine-tuning strategies are such rules).  Everythin
 else is here, once:
 
 - batches sliced from crops cached in memory (on the GPU when they fit), a
-  seeded permutation per epoch, sharded across processes under ``torchrun``;
+  seeded permutation per epoch, sharded across processes under ``torchrun``
+  so that ``W`` processes compute what one process accumulating ``W`` times
+  as many micro-batches computes (same crops, same random draws);
 - bf16 autocast on CUDA, gradient accumulation, ``zero_grad`` after every
   optimiser step (the source paper's training loop never called it);
 - DistributedDataParallel (NCCL on CUDA, gloo on CPU) with ``no_sync`` while
@@ -272,23 +274,43 @@ class Engine:
         return contextlib.nullcontext()
 
     # ------------------------------------------------------------------ epochs
-    def _epoch_batches(self, n_crops: int, epoch: int) -> list[torch.Tensor]:
+    def _epoch_batches(self, n_crops: int, epoch: int) -> list[tuple[int, torch.Tensor]]:
+        """This process's micro-batches of ``epoch``: (index in the epoch, crop indices).
+
+        The epoch's crops are cut into micro-batches once, whatever the number of
+        processes; process ``r`` of ``W`` takes micro-batches ``r``, ``r + W``,
+        ``r + 2W``... So an optimiser step of ``W`` processes with
+        ``accumulate_steps = A`` sees exactly the ``A x W`` micro-batches that one
+        process with ``accumulate_steps = A x W`` sees, each with the same random
+        draws (see :meth:`_seed_batch`): data-parallel training computes what
+        gradient accumulation computes.
+        """
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
         order = torch.randperm(n_crops, generator=generator)
         world = self.context.world_size
-        # equal shares so that every process runs the same number of steps
-        order = order[: n_crops - n_crops % world][self.context.rank:: world]
         size = self.config.batch_size
-        if len(order) < size:
-            batches = [order] if len(order) else []
-        else:
-            batches = list(order[: len(order) - len(order) % size].split(size))
+        if n_crops // size < world:
+            # fewer crops than one batch per process: one smaller batch each
+            size = n_crops // world
+            if size == 0:
+                return []
+        micro = list(order[: n_crops - n_crops % size].split(size))
+        # equal shares so that every process runs the same number of steps
+        micro = micro[: len(micro) - len(micro) % world]
+        batches = [(m, micro[m]) for m in range(self.context.rank, len(micro), world)]
         if self.config.steps_per_epoch is not None:
             batches = batches[: self.config.steps_per_epoch]
         return batches
 
-    def _seed_epoch(self, epoch: int) -> None:
-        seed = (self.config.seed * 1_000_003 + epoch * 7919 + self.context.rank) % 2**31
+    def _seed_batch(self, epoch: int, micro_batch: int) -> None:
+        """Seed the random draws of one micro-batch (masks, noise, views, timesteps).
+
+        The seed depends on the run's seed, the epoch and the micro-batch's index
+        in the epoch, not on the process: a micro-batch gets the same draws in a
+        data-parallel run as in a single process, and a resumed run the same
+        draws as an uninterrupted one.
+        """
+        seed = ((self.config.seed * 1_000_003 + epoch) * 1_000_033 + micro_batch) % 2**31
         torch.manual_seed(seed)
         self.objective.reseed(seed)
 
@@ -324,7 +346,6 @@ class Engine:
         self._model.train()
         with _StopRequests() as stop:
             for epoch in range(start_epoch, cfg.epochs):
-                self._seed_epoch(epoch)
                 batches = self._epoch_batches(len(data), epoch)
                 sums = {k: torch.tensor(v, device=self.device) for k, v in
                         partial.get("sums", {}).items()}
@@ -333,7 +354,8 @@ class Engine:
                 epoch_crops = 0
                 bar = self._progress(epoch, len(batches), skip)
                 for b_index in range(skip, len(batches)):
-                    indices = batches[b_index]
+                    micro_batch, indices = batches[b_index]
+                    self._seed_batch(epoch, micro_batch)
                     batch = data.batch(indices, self.device)
                     boundary = ((b_index + 1) % cfg.accumulate_steps == 0
                                 or b_index + 1 == len(batches))
