@@ -43,14 +43,12 @@ from bids_pcs.io.bids_input import T1wImage
 from bids_pcs.io.derivatives import crop_path, registration_qc_path, xfm_path
 from bids_pcs.io.nifti import QFORM_SFORM_TOLERANCE_MM, load_t1w, qform_sform_mismatch_mm
 from bids_pcs.resources import PreprocPlan, physical_memory_bytes, plan_preprocessing
+from bids_pcs.workflows.execution import failure_reason
 
 LOGGER = logging.getLogger("bids_pcs.preprocess")
 TRANSFORM_EXTENSION = ".h5"  # ANTs composite: affine, or affine + warp when deformable
 # "Node: bids_pcs_preproc_wf.<image>_wf.<node>" opens every Nipype crash file
 _CRASH_NODE = re.compile(r"^Node: [^.]+\.(?P<workflow>[^.]+)\.(?P<node>\S+)")
-# the last "SomeError: message" line of a crash file is the original exception
-_CRASH_EXCEPTION = re.compile(
-    r"^\s*(?:[\w.]+\.)?(?P<type>\w*(?:Error|Exception)): (?P<message>.+)$")
 
 
 class PreprocessingError(BidsPcsError):
@@ -248,11 +246,15 @@ def _preprocess_batch(settings: Settings, images: list[T1wImage], output_dir: Pa
                       done: dict[T1wImage, PreprocessedImage],
                       failed: dict[T1wImage, str]) -> Exception | None:
     """One Nipype run over ``images``; each ends in ``done`` or, with its reason, ``failed``."""
+    from bids_pcs.workflows.execution import ImageProgress
+
     crash_dir = work / "crash"
     plan = _plan(settings, images)
     workflow = init_preproc_meta_wf(settings, images, output_dir, work, plan=plan)
+    progress = ImageProgress({_workflow_name(image): image.prefix for image in images},
+                             crash_dir)
     started = time.time()
-    error = _run(workflow, settings, plan)
+    error = _run(workflow, settings, plan, progress)
     reasons = _crash_reasons(crash_dir, since=started)
     for image in images:
         result = load_preprocessed(settings, image, output_dir)
@@ -262,8 +264,10 @@ def _preprocess_batch(settings: Settings, images: list[T1wImage], output_dir: Pa
         reason = (reasons.get(_workflow_name(image))
                   or "failed in the preprocessing workflow (no crash file found)")
         failed[image] = _short_reason(reason, image)
-        LOGGER.error("%s: preprocessing failed: %s (crash file in %s)", image.prefix,
-                     reason, crash_dir)
+        # one console line per failed image: the progress callback said it already
+        level = logging.DEBUG if image.prefix in progress.failed else logging.ERROR
+        LOGGER.log(level, "%s: preprocessing failed: %s (crash file in %s)", image.prefix,
+                   reason, crash_dir)
     return error
 
 
@@ -326,15 +330,9 @@ def _crash_reasons(crash_dir: Path, since: float) -> dict[str, str]:
         node = _CRASH_NODE.match(lines[0]) if lines else None
         if node is None or node["workflow"] in reasons:
             continue
-        # Nipype's own wrapper says nothing about the cause: skip it
-        messages = [m for m in map(_CRASH_EXCEPTION.match, lines)
-                    if m and m["type"] != "NodeExecutionError"]
-        if messages:
-            last = messages[-1]
-            # an ImageError already says everything; anything else: say where it happened
-            reasons[node["workflow"]] = (
-                last["message"].strip() if last["type"] == "ImageError"
-                else f"failed at {node['node']} ({last['type']}: {last['message'].strip()})")
+        reason = failure_reason(lines, node["node"])
+        if reason:
+            reasons[node["workflow"]] = reason
     return reasons
 
 
@@ -470,26 +468,37 @@ def _work_dir(settings: Settings, work_dir: Path | None) -> Path:
     return path
 
 
-def _run(workflow, settings: Settings, plan: PreprocPlan) -> Exception | None:
-    """Run ``workflow``; return the exception of a partial failure (outputs tell which)."""
-    nipype_level = logging.INFO if settings.run.verbose >= 2 else logging.WARNING
-    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
-        logging.getLogger(name).setLevel(nipype_level)
+def _run(workflow, settings: Settings, plan: PreprocPlan,
+         progress=None) -> Exception | None:
+    """Run ``workflow``; return the exception of a partial failure (outputs tell which).
+
+    Nipype's node chatter and crash tracebacks go to the run log only (see
+    :mod:`bids_pcs.workflows.execution`); ``progress`` is its status callback.
+    """
+    from bids_pcs.runlog import current_log
+    from bids_pcs.workflows.execution import quiet_multiproc, quiet_nipype
+
+    quiet_nipype()
     plugin = settings.nipype.plugin
     args = dict(settings.nipype.plugin_args)
     if plugin == "auto":
         plugin = plan.plugin
         args = {**plan.plugin_args, **args}
+    if progress is not None:
+        args.setdefault("status_callback", progress)
     if plugin == "MultiProc":
         args.setdefault("n_procs", settings.run.nprocs)
         args.setdefault("raise_insufficient", False)
         # fresh worker processes: ITK thread pools do not survive a fork
         args.setdefault("mp_context", "forkserver")
     try:
-        workflow.run(plugin=plugin, plugin_args=args)
+        if plugin == "MultiProc":
+            workflow.run(plugin=quiet_multiproc(args, current_log()))
+        else:
+            workflow.run(plugin=plugin, plugin_args=args)
     except RuntimeError as exc:  # Nipype's "Workflow did not execute cleanly"
-        # the failed images and their reasons are reported one by one by the caller;
-        # Nipype's full tracebacks stay in the log file and the crash files
+        # the failed images and their reasons are reported one by one; Nipype's full
+        # tracebacks stay in the log file and the crash files
         LOGGER.debug("Preprocessing workflow reported errors: %s", exc)
         return exc
     return None

@@ -20,7 +20,12 @@ from bids_pcs import __version__
 
 LOGGER = logging.getLogger("bids_pcs")
 T = TypeVar("T")
-_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+# third-party loggers whose detail nobody reads: bidsschematools says "No schema
+# path specified" on every load, fsspec logs each file it opens at DEBUG
+_QUIET_LOGGERS = ("bids", "bidsschematools", "fsspec", "upath", "matplotlib", "PIL",
+                  "urllib3", "asyncio")
+_current_log: Path | None = None
 
 
 def new_run_id() -> str:
@@ -45,9 +50,22 @@ def setup_console_logging(verbose: int) -> None:
         handler.addFilter(_not_nipype)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
-    # nipype and friends are chatty at INFO; keep their detail for the log file
-    for name in ("nipype", "nipype.workflow", "nipype.interface", "bids", "matplotlib", "PIL"):
+    quiet_third_party(verbose)
+
+
+def quiet_third_party(verbose: int = 0) -> None:
+    """Silence third-party chatter below WARNING (kept with ``-vv``).
+
+    Nipype is not among them: its node lines belong in the run log, and the
+    console handler filters them (see :mod:`bids_pcs.workflows.execution`).
+    """
+    for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
+
+
+def current_log() -> Path | None:
+    """The log file of the run in progress in this process, if one was started."""
+    return _current_log
 
 
 def _not_nipype(record: logging.LogRecord) -> bool:
@@ -59,10 +77,12 @@ def start_run_log(output_dir: Path, level: str, run_id: str) -> Path:
     logs = Path(output_dir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     path = logs / f"{level}_{run_id}.log"
+    global _current_log
     handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter(_FORMAT))
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
     handler.setLevel(logging.DEBUG)
     logging.getLogger().addHandler(handler)
+    _current_log = path
     LOGGER.info("bids_pcs %s, run %s, log %s", __version__, run_id, path)
     LOGGER.debug("command line: %s", " ".join(sys.argv))
     LOGGER.debug("pid %d, cwd %s", os.getpid(), os.getcwd())

@@ -34,6 +34,22 @@ def test_demo_runs_every_step_and_prints_its_figures(demo):
     assert "[6/6] group level" in demo.stderr
 
 
+def test_demo_console_is_quiet_and_shows_each_epoch(demo):
+    # issue 18: ~360 Nipype node lines, tracebacks, schema and fsspec chatter and
+    # tqdm fragments buried the summary; each epoch is one plain line instead
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    console = demo.stdout + demo.stderr
+    assert "[Node]" not in console and "nipype.workflow" not in console
+    assert "Traceback" not in console
+    assert "No schema path specified" not in console and "fsspec" not in console
+    assert "\r" not in console  # stderr is a pipe here: no progress bars
+    epochs = re.findall(r"finetune full epoch (\d+)/3: loss [0-9.]+, (val_\w+) [0-9.]+",
+                        demo.stderr)
+    assert [int(e) for e, _ in epochs] == [1, 2, 3], demo.stderr[-3000:]
+    assert re.search(r"reconstruction epoch 1/1: loss [0-9.]+, [0-9.]+ s", demo.stderr)
+    assert demo.stderr.count(": preprocessing started") == PARTICIPANTS
+
+
 def test_demo_leaves_a_valid_derivative_dataset_with_every_output(demo):
     assert demo.returncode == 0, demo.stderr[-3000:]
     out = demo.output_dir

@@ -152,6 +152,22 @@ def test_evaluate_hook_selects_the_best_epoch(tmp_path):
     assert (tmp_path / "ckpt" / "best.safetensors").is_file()
 
 
+def test_without_a_terminal_each_epoch_is_one_plain_line_with_its_validation(
+        tmp_path, capfd, caplog):
+    # written to a file or a SLURM log, a tqdm bar is thousands of "\r" fragments
+    # (issue 18): there, and on a terminal too, one line per epoch says how it went
+    scores = iter([0.2, 0.9, 0.5])
+    engine = _engine(tmp_path, 3, monitor="val_score", progress=True)
+    with caplog.at_level("INFO", logger="bids_pcs.training"):
+        engine.fit(crop_set(2), evaluate=lambda net: {"val_score": next(scores)})
+    assert "\r" not in capfd.readouterr().err
+    lines = [r.getMessage() for r in caplog.records if r.name == "bids_pcs.training"]
+    assert len(lines) == 3
+    assert lines[1].startswith("train epoch 2/3: loss ")
+    assert "val_score 0.9000" in lines[1] and lines[1].endswith(" s (best so far)")
+    assert "val_score 0.5000" in lines[2] and "best" not in lines[2]
+
+
 def test_device_resolution():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type in ("cpu", "cuda")

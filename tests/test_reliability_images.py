@@ -120,6 +120,7 @@ class MixedRun:
     output_dir: Path
     work_dir: Path
     returncode: int
+    stdout: str
     stderr: str
     expected: dict[str, str]  # bad image label -> words its reason must contain
     watched: dict[str, list[str]]  # folder -> what changed in it
@@ -163,7 +164,8 @@ def mixed_run(shared_data, tmp_path_factory) -> MixedRun:
                        if c[1:].split("/")[0] not in ("out", "work", "tmp", "audit")]
     expected = {name: words for name, (_, words) in BAD_IMAGES.items()}
     expected["fovinferior"] = "failed at register"
-    return MixedRun(root, bids_dir, output_dir, work_dir, done.returncode, done.stderr,
+    return MixedRun(root, bids_dir, output_dir, work_dir, done.returncode, done.stdout,
+                    done.stderr,
                     expected, watched, read_audit(root / "audit" / "log"), allowed, no_network)
 
 
@@ -236,9 +238,25 @@ def test_a_run_of_one_bad_image_ends_with_its_own_sentence(mixed_run):
 
 
 def test_no_nipype_traceback_reaches_the_console(mixed_run):
-    # crashed nodes (NaN voxels, a registration without a head) are one line each
-    assert "Traceback" not in mixed_run.stderr
+    # crashed nodes (NaN voxels, a registration without a head) are one line each;
+    # Nipype's node chatter and tracebacks go to the run log (issue 18)
+    console = mixed_run.stdout + mixed_run.stderr
+    assert "Traceback" not in console
+    assert "[Node]" not in console and "nipype.workflow" not in console
     assert "sub-nan: preprocessing failed: Image" in mixed_run.stderr
+    assert "No schema path specified" not in console
+    # one line per image that reached the workflow when it starts, one when it ends
+    # (images refused on their header alone never start)
+    started = [label for label in [*GOOD, *QC_FAILS, *mixed_run.expected]
+               if f"sub-{label}: preprocessing started" in mixed_run.stderr]
+    assert {*GOOD, *QC_FAILS, "nan", "fovinferior"} <= set(started)
+    for label in started:
+        assert mixed_run.stderr.count(f"sub-{label}: preprocessing started") == 1, label
+        ends = (mixed_run.stderr.count(f"sub-{label}: preprocessing finished")
+                + mixed_run.stderr.count(f"sub-{label}: preprocessing failed"))
+        assert ends == 1, label
+    log = next((mixed_run.output_dir / "logs").glob("participant_*.log")).read_text()
+    assert "[Node] Finished" in log and "Traceback" in log  # kept where they belong
 
 
 # -------------------------------------------------------------- confinement

@@ -13,7 +13,10 @@ else is here, once:
   optimiser step (the source paper's training loop never called it);
 - DistributedDataParallel (NCCL on CUDA, gloo on CPU) with ``no_sync`` while
   accumulating;
-- a tqdm progress bar with loss and crops per second, a per-epoch TSV log;
+- one log line per epoch (loss, validation figures, time), a tqdm bar with
+  loss and crops per second while an epoch runs (on a terminal only: written
+  to a file or a SLURM log a bar is thousands of carriage-return fragments),
+  a per-epoch TSV log;
 - a checkpoint per epoch (safetensors + JSON, no pickles), ``resume`` from the
   last one, and SIGTERM/SIGUSR1 (HPC pre-emption) saving a checkpoint at the
   next step boundary and returning with ``interrupted=True``;
@@ -30,8 +33,10 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -58,6 +63,7 @@ from bids_pcs.training.distributed import DistContext, any_true, mean_over_proce
 from bids_pcs.training.memory import peak_memory_mb
 from bids_pcs.training.objective import Objective, count_parameters
 
+LOGGER = logging.getLogger("bids_pcs.training")
 TrainableRule = Callable[[nn.Module], Iterable[str]]
 Evaluate = Callable[[nn.Module], dict[str, float]]
 # torch >= 2.13 renamed broadcast_buffers; both keep the initial broadcast
@@ -92,8 +98,9 @@ class TrainConfig:
         checkpoint_dir: where the per-epoch checkpoint goes; ``None``: no checkpoints.
         resume: continue from the checkpoint in ``checkpoint_dir`` when there is one.
         log_tsv: per-epoch log file; ``None``: no log file.
-        progress: show a progress bar (main process only).
-        description: progress bar label.
+        progress: show a progress bar while an epoch runs (main process, and only
+            when stderr is a terminal); every epoch logs one line regardless.
+        description: label of the progress bar and the epoch lines.
         steps_per_epoch: cap on batches per epoch (benchmarks, smoke tests).
         monitor: key of ``evaluate``'s output that selects the best epoch.
         monitor_mode: ``"max"`` or ``"min"``.
@@ -378,10 +385,13 @@ class Engine:
                         return self._finish(result, global_step, epoch, started, crops_seen)
                 bar.close()
                 row = self._epoch_row(epoch, sums, count, epoch_crops, epoch_started)
+                validation: dict[str, float] = {}
                 if evaluate is not None:
-                    row.update(self._evaluate(evaluate))
+                    validation = self._evaluate(evaluate)
+                    row.update(validation)
                     self._track_best(row, epoch, result)
                 result.history.append(row)
+                self._log_epoch(row, validation, best=result.best_epoch == epoch)
                 skip, partial = 0, {}
                 self._write_log(result.history)
                 self._save(epoch + 1, 0, global_step, result, {})
@@ -457,9 +467,21 @@ class Engine:
 
     # ---------------------------------------------------------- logging
     def _progress(self, epoch: int, total: int, initial: int) -> tqdm:
+        shown = self.config.progress and self.context.is_main and sys.stderr.isatty()
         return tqdm(total=total, initial=initial, unit="batch", leave=False, dynamic_ncols=True,
                     desc=f"{self.config.description} {epoch + 1}/{self.config.epochs}",
-                    disable=not (self.config.progress and self.context.is_main))
+                    file=sys.stderr, disable=not shown)
+
+    def _log_epoch(self, row: dict[str, float], validation: dict[str, float],
+                   best: bool) -> None:
+        """One plain line per epoch: the loss, the validation figures, the time."""
+        if not self.context.is_main:
+            return
+        figures = [f"loss {row['loss']:.4f}"]
+        figures += [f"{key} {value:.4f}" for key, value in validation.items()]
+        mark = " (best so far)" if best and self.config.monitor else ""
+        LOGGER.info("%s epoch %d/%d: %s, %.1f s%s", self.config.description, row["epoch"],
+                    self.config.epochs, ", ".join(figures), row["seconds"], mark)
 
     def _update_progress(self, bar: tqdm, sums: dict[str, torch.Tensor], count: int,
                          epoch_crops: int, epoch_started: float) -> None:
