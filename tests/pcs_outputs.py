@@ -21,7 +21,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from bids_pcs.config import TEMPLATE_NAME, CropSettings
+from bids_pcs.config import TEMPLATE_NAME, CropSettings, load_settings
 from bids_pcs.io.atomic import write_json, write_text
 from bids_pcs.io.bids_input import T1wImage
 from bids_pcs.io.derivatives import (
@@ -33,6 +33,7 @@ from bids_pcs.io.derivatives import (
     registration_qc_path,
     write_sidecar,
 )
+from bids_pcs.preprocess import preprocessing_settings
 from bids_pcs.reports.registration_figures import template_on_grid
 from bids_pcs.spatial.qc import QC_METRIC
 
@@ -119,12 +120,14 @@ def build_outputs(output_dir: Path, raw_dir: Path) -> list[T1wImage]:
         rng = np.random.default_rng(index)
         for hemisphere in ("L", "R"):
             _write_crop(output_dir, image, hemisphere, crop, rng)
-        # the record the preprocessing writes (bids_pcs.spatial.qc.registration_qc)
+        # the record the preprocessing writes (bids_pcs.spatial.qc.registration_qc), with
+        # the settings it ran with (bids_pcs.preprocess.preprocessing_settings)
         write_json(registration_qc_path(output_dir, image),
                    {"Template": TEMPLATE_NAME, "Metric": QC_METRIC,
                     "Correlation": {"L": spec.qc_correlation, "R": spec.qc_correlation},
                     "MinCorrelation": spec.qc_correlation, "Threshold": QC_THRESHOLD,
-                    "Passed": spec.qc_correlation >= QC_THRESHOLD})
+                    "Passed": spec.qc_correlation >= QC_THRESHOLD,
+                    "Settings": preprocessing_settings(load_settings("default"))})
         if spec.lengths_mm is not None:
             _write_pcs(output_dir, image, spec, head, rng)
     return images

@@ -21,6 +21,7 @@ def demo(tmp_path_factory):
     return demo_run(tmp_path_factory)
 
 
+@pytest.mark.slow
 def test_demo_runs_every_step_and_prints_its_figures(demo):
     assert demo.returncode == 0, demo.stderr[-3000:]
     out = demo.stdout
@@ -34,6 +35,7 @@ def test_demo_runs_every_step_and_prints_its_figures(demo):
     assert "[6/6] group level" in demo.stderr
 
 
+@pytest.mark.slow
 def test_demo_console_is_quiet_and_shows_each_epoch(demo):
     # issue 18: ~360 Nipype node lines, tracebacks, schema and fsspec chatter and
     # tqdm fragments buried the summary; each epoch is one plain line instead
@@ -50,6 +52,7 @@ def test_demo_console_is_quiet_and_shows_each_epoch(demo):
     assert demo.stderr.count(": preprocessing started") == PARTICIPANTS
 
 
+@pytest.mark.slow
 def test_demo_leaves_a_valid_derivative_dataset_with_every_output(demo):
     assert demo.returncode == 0, demo.stderr[-3000:]
     out = demo.output_dir

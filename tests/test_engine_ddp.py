@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from ddp_worker import EQUIVALENCE, train_equivalent
 from safetensors.torch import load_file
@@ -33,6 +34,7 @@ def torchrun(out: Path, mode: str, timeout: float) -> subprocess.CompletedProces
                           check=False)
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_end_with_identical_weights(tmp_path):
     done = torchrun(tmp_path, "identical", timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -46,6 +48,7 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path):
         assert load_checkpoint(tmp_path / f"ckpt-{method}").state["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_two_processes_compute_what_one_process_accumulating_two_batches_computes(tmp_path):
     done = torchrun(tmp_path, "equivalent", timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -70,6 +73,7 @@ def test_two_processes_compute_what_one_process_accumulating_two_batches_compute
                           atol=LOSS_TOLERANCE)
 
 
+@pytest.mark.slow
 def test_a_failing_process_ends_every_process_at_once_with_its_error(tmp_path):
     started = time.monotonic()
     done = torchrun(tmp_path, "fail", timeout=120)

@@ -47,6 +47,7 @@ def cohort(tmp_path_factory):
     return summary.bids_dir, summary.labels_dir, output_dir, settings
 
 
+@pytest.mark.slow
 def test_finetune_level_via_the_cli_writes_a_loadable_model(cohort, tmp_path):
     bids_dir, labels_dir, output_dir, _ = cohort
     # one image without a label: skipped and recorded, not an error
@@ -85,6 +86,7 @@ def test_finetune_level_via_the_cli_writes_a_loadable_model(cohort, tmp_path):
     json.dumps(card)  # the card is plain JSON
 
 
+@pytest.mark.slow
 def test_a_briefly_finetuned_model_finds_the_labelled_sulcus(cohort):
     """Learning test: fitted to the 8 crops, masks land on the labels (Dice, centre of mass)."""
     bids_dir, labels_dir, _, settings = cohort

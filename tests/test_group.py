@@ -128,7 +128,19 @@ def test_group_page_has_every_section_and_figure(grouped):
                 "Left-right asymmetry of the PCS"):
         assert f'alt="{alt}"' in page, alt
     assert len(re.findall(r"<img ", page)) == 5
-    assert 'href="sub-02.html#sub-02_ses-b_run-2"' in page
+    # only reports that exist are linked, to sections they hold (issue 18); the fixture
+    # wrote sub-01's (the report tests may have added others to the shared cohort)
+    links = set(re.findall(r'href="(sub-[^"]+)"', page))
+    written = {f"{report.name}#{anchor}" for report in out.glob("sub-*.html")
+               for anchor in re.findall(r'<section id="(sub-[^"]+)"', report.read_text())}
+    assert "sub-01.html#sub-01" in links and links <= written, (links, written)
+    unreported = [spec for spec in IMAGES
+                  if not (out / f"sub-{spec.subject}.html").is_file()]
+    assert unreported, "the fixture needs images without a report"
+    for spec in unreported:
+        assert f'href="sub-{spec.subject}.html' not in page
+    n = json.loads((out / "group_pcs.json").read_text())["n_participants"]
+    assert f"{n} participants · {len(IMAGES)} T1w images" in page
 
 
 def test_outputs_are_bids_valid(grouped):
@@ -166,6 +178,15 @@ def test_group_from_preprocessing_outputs_alone(grouped, tmp_path):
     page = (copy / "group_pcs.html").read_text()
     assert "No PCS results in this dataset yet" in page
     assert "sub-02_ses-b_run-2" in page  # the QC failure is still listed
+    assert "href=\"sub-" not in page  # no subject report exists here
+
+
+def test_counts_are_worded_in_the_singular_and_plural():
+    from bids_pcs.reports import html as h
+
+    assert [h.count(n, "participant") for n in (0, 1, 2)] == [
+        "0 participants", "1 participant", "2 participants"]
+    assert h.count(1, "T1w image") == "1 T1w image" and h.plural(0, "session") == "sessions"
 
 
 def test_no_participant_results_is_one_clear_error(tmp_path):
@@ -184,3 +205,30 @@ def test_asymmetry_index():
     assert asymmetry_index(0.0, 20.0) == pytest.approx(-1.0)
     assert asymmetry_index(0.0, 0.0) is None
     assert asymmetry_index(None, 3.0) is None
+
+
+def test_methods_boilerplate_is_on_the_page_and_in_citation_md(grouped):
+    # fMRIPrep's boilerplate, from what the derivatives record (issue 18, item 7)
+    _, out = grouped
+    page = (out / "group_pcs.html").read_text()
+    assert '<section id="methods"' in page
+    citation = (out / "logs" / "CITATION.md").read_text()
+    assert citation.startswith("# Methods (bids_pcs boilerplate)")
+    for cited in ("(Avants et al., 2011)", "(Fonov et al., 2011)", "(Cardoso et al., 2022)",
+                  "(Mamalakis et al., 2024)"):
+        assert cited in citation, cited
+        assert cited in page, cited
+    assert "## References" in citation and "NeuroImage 54(3):2033-2044" in citation
+    assert "[@" not in citation and "[@" not in page  # every key became a citation
+    # the text follows the recorded settings: the fixture's crops are 2 mm
+    qc = json.loads(next(out.glob("sub-*/anat/*_desc-registration_qc.json")).read_text())
+    voxel = qc["Settings"]["crop"]["voxel_mm"]
+    assert f"resampled at {voxel:g} mm" in citation
+
+
+def test_adjacent_citations_share_one_parenthesis():
+    from bids_pcs.reports.boilerplate import render
+
+    texts, references = render(["A [@ants] [@n4] B [@ants]."])
+    assert texts == ["A (Avants et al., 2011; Tustison et al., 2010) B (Avants et al., 2011)."]
+    assert len(references) == 2 and references[0].startswith("Avants B. B.")

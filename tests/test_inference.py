@@ -55,6 +55,7 @@ def _participant(demo, *extra, output_dir=None, label=None):
                    "--device", "cpu", "--omp-nthreads", "2", "--nprocs", "1", *extra)
 
 
+@pytest.mark.slow
 def test_participant_with_a_model_writes_valid_derivatives(demo, tmp_path):
     output_dir = copy_outputs(demo, tmp_path / "out")
     label = demo.trained[0]
@@ -110,6 +111,7 @@ def test_participant_with_a_model_writes_valid_derivatives(demo, tmp_path):
     assert report.ok, report.summary()
 
 
+@pytest.mark.slow
 def test_a_model_of_another_crop_geometry_is_refused_before_any_work(demo, tmp_path):
     # the same crop shape, but a box moved by 2 mm: the network would run, wrongly
     other = load_settings(RECIPE).replace(crop={"left_min_mm": [-28.0, -16.0, -6.0]})
@@ -128,6 +130,7 @@ def test_a_model_of_another_crop_geometry_is_refused_before_any_work(demo, tmp_p
     assert not dseg_path(output_dir, image).exists()
 
 
+@pytest.mark.slow
 def test_tampered_weights_and_pretrained_models_are_refused(demo, tmp_path):
     tampered = tmp_path / "finetune-tampered"
     shutil.copytree(demo.model_dir, tampered)
@@ -144,6 +147,7 @@ def test_tampered_weights_and_pretrained_models_are_refused(demo, tmp_path):
     assert "not a fine-tuned one" in done.stderr
 
 
+@pytest.mark.slow
 def test_flip_tta_and_a_failed_qc_image(demo, tmp_path):
     from bids_pcs.inference import infer_images, load_inference_model
     from bids_pcs.preprocess import load_preprocessed
@@ -172,6 +176,7 @@ def test_flip_tta_and_a_failed_qc_image(demo, tmp_path):
     assert not dseg_path(output_dir, images[1]).exists()  # never used, maps removed
 
 
+@pytest.mark.slow
 def test_flip_tta_is_exact_for_crops_symmetric_along_x(demo):
     import torch
 

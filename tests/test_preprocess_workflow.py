@@ -92,6 +92,7 @@ def cohort(originals, tmp_path_factory) -> Cohort:
                   work_dir, seconds)
 
 
+@pytest.mark.slow
 def test_every_image_passes_qc_and_has_named_derivatives(cohort):
     assert set(cohort.results) == {"kmeans", "kmeansperturbed", "colin", "colinperturbed"}
     for label, item in cohort.results.items():
@@ -124,6 +125,7 @@ def test_every_image_passes_qc_and_has_named_derivatives(cohort):
 
 
 @pytest.mark.parametrize("name", ["kmeans", "colin"])
+@pytest.mark.slow
 def test_crop_of_perturbed_image_matches_crop_of_original(cohort, name):
     for hemisphere in "LR":
         original = load_crop(cohort.results[name].crops[hemisphere])
@@ -148,6 +150,7 @@ def _fraction_in_boxes(label: nib.Nifti1Image, item: PreprocessedImage, crop) ->
     return float((in_template & _template_boxes(crop)).sum() / max(1, in_template.sum()))
 
 
+@pytest.mark.slow
 def test_paracingulate_label_falls_inside_the_crops(cohort):
     crop = cohort.settings.crop
     label_mni = paracingulate_label()
@@ -167,6 +170,7 @@ def test_paracingulate_label_falls_inside_the_crops(cohort):
     assert _fraction_in_boxes(moved, cohort.results["kmeansperturbed"], crop) >= 0.85
 
 
+@pytest.mark.slow
 def test_rerun_with_the_same_work_dir_recomputes_nothing(cohort, tmp_path):
     register_results = sorted(cohort.work_dir.glob("bids_pcs_preproc_wf/*/register/result_*"))
     assert len(register_results) == 4
@@ -193,12 +197,14 @@ def test_rerun_with_the_same_work_dir_recomputes_nothing(cohort, tmp_path):
             assert same
 
 
+@pytest.mark.slow
 def test_participant_level_runs_preprocessing_and_refuses_a_missing_model(cohort):
     participant.run(cohort.settings.replace(run={"participant_label": ["colin"]}))
     with pytest.raises(ModelFileError, match="does not exist"):
         participant.run(cohort.settings.replace(run={"model": "/some/model"}))
 
 
+@pytest.mark.slow
 def test_deformable_option_registers_and_agrees_with_affine(cohort, tmp_path):
     settings = _settings(cohort.bids_dir, tmp_path / "out", tmp_path / "work", deformable=True)
     settings = settings.replace(run={"omp_nthreads": 2})
@@ -227,6 +233,7 @@ def test_workflow_without_n4_skips_the_node():
     assert "N4" in with_n4.__desc__
 
 
+@pytest.mark.slow
 def test_a_second_run_writes_byte_identical_transforms_and_crops(cohort, tmp_path):
     """Same image, seed and threads, fresh work dir: the same bytes (issue 18, item 4).
 

@@ -102,6 +102,7 @@ def _complete(out: Path, raw: Path) -> bool:
 
 
 @pytest.mark.bad_input("crash:SIGKILL of a participant run while it writes derivatives")
+@pytest.mark.slow
 def test_a_participant_run_killed_mid_way_leaves_no_partial_file_and_a_rerun_completes(
         raw, tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
@@ -130,6 +131,7 @@ def test_a_participant_run_killed_mid_way_leaves_no_partial_file_and_a_rerun_com
 
 
 @pytest.mark.bad_input("crash:two participant runs at once on one OUTPUT_DIR")
+@pytest.mark.slow
 def test_two_participant_runs_at_once_on_one_output_dir_both_finish(raw, tmp_path):
     out = tmp_path / "out"
     env = run_env(tmp_path)  # one TMPDIR: both runs share the default work dir too
@@ -186,6 +188,7 @@ def _checkpoint(work: Path) -> dict:
 
 
 @pytest.mark.bad_input("crash:SIGKILL during training", "crash:SIGTERM during training")
+@pytest.mark.slow
 def test_training_resumes_after_sigkill_from_its_last_checkpoint_and_saves_on_sigterm(
         preprocessed, tmp_path):
     raw, out = preprocessed

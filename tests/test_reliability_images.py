@@ -177,6 +177,7 @@ def _qc(run: MixedRun, label: str) -> dict:
 
 @pytest.mark.bad_input(*(f"image:{name} (among good ones)" for name in sorted(BAD_IMAGES)),
                        "image:field of view without a head")
+@pytest.mark.slow
 def test_bad_images_among_good_ones_are_listed_and_the_good_ones_go_through(mixed_run):
     assert mixed_run.returncode == 1, mixed_run.stderr[-3000:]
     error = one_error_line(mixed_run.stderr)
@@ -201,6 +202,7 @@ def test_bad_images_among_good_ones_are_listed_and_the_good_ones_go_through(mixe
 
 
 @pytest.mark.bad_input("image:oblique affine", "image:qform and sform disagree")
+@pytest.mark.slow
 def test_oblique_and_qform_sform_mismatch_register_and_the_mismatch_is_warned(mixed_run):
     for label in GOOD:
         qc = _qc(mixed_run, label)
@@ -210,6 +212,7 @@ def test_oblique_and_qform_sform_mismatch_register_and_the_mismatch_is_warned(mi
 
 
 @pytest.mark.bad_input("image:field of view misses the medial frontal region")
+@pytest.mark.slow
 def test_a_field_of_view_without_the_region_is_a_flagged_qc_failure(mixed_run):
     qc = _qc(mixed_run, "fovposterior")
     assert qc["Passed"] is False and qc["MinCorrelation"] < qc["Threshold"]
@@ -227,6 +230,7 @@ def test_a_field_of_view_without_the_region_is_a_flagged_qc_failure(mixed_run):
 
 
 @pytest.mark.bad_input("image:empty (alone)")
+@pytest.mark.slow
 def test_a_run_of_one_bad_image_ends_with_its_own_sentence(mixed_run):
     done = cli(mixed_run.bids_dir, mixed_run.root / "alone", "participant",
                "--skip-bids-validation", "--participant-label", "empty",
@@ -237,6 +241,7 @@ def test_a_run_of_one_bad_image_ends_with_its_own_sentence(mixed_run):
     assert error == f"bids_pcs: error: Image {path} is an empty file; fix or replace it and rerun."
 
 
+@pytest.mark.slow
 def test_no_nipype_traceback_reaches_the_console(mixed_run):
     # crashed nodes (NaN voxels, a registration without a head) are one line each;
     # Nipype's node chatter and tracebacks go to the run log (issue 18)
@@ -261,11 +266,13 @@ def test_no_nipype_traceback_reaches_the_console(mixed_run):
 
 # -------------------------------------------------------------- confinement
 @pytest.mark.bad_input("dataset:read-only BIDS_DIR")
+@pytest.mark.slow
 def test_a_read_only_bids_dir_works_and_is_left_untouched(mixed_run):
     assert mixed_run.watched["bids"] == []
     assert (mixed_run.output_dir / "sub-oblique" / "anat").is_dir()
 
 
+@pytest.mark.slow
 def test_a_run_writes_only_into_output_work_and_temporary_dirs(mixed_run):
     assert mixed_run.watched["home"] == [], "the run wrote into HOME"
     assert mixed_run.watched["cwd"] == [], "the run wrote into its working directory"
@@ -277,6 +284,7 @@ def test_a_run_writes_only_into_output_work_and_temporary_dirs(mixed_run):
     assert stray == [], stray[:10]
 
 
+@pytest.mark.slow
 def test_a_run_opens_no_network_connection(mixed_run):
     assert network_events(mixed_run.audit) == []
     if mixed_run.no_network_namespace:  # and it worked without any network at all

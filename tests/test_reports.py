@@ -129,3 +129,41 @@ def test_browser_check_catches_broken_images_and_script_errors(tmp_path):
         "</body>", "<script>undefinedFunction();</script></body>"))
     result = check_page(script_error, browser=exe)
     assert any("script error" in p for p in result.problems)
+
+
+def test_registration_caption_names_the_slices_its_panels_show(dataset, sub02_report):
+    # issue 18: the caption said 4, 8, 12 mm while the panels of 2 mm crops showed 5, 9, 13
+    import nibabel as nib
+    import numpy as np
+
+    from bids_pcs.reports.registration_figures import registration_figure
+
+    _, out, _ = dataset
+    result = next(r for r in collect_results(out) if r.image.prefix == "sub-02_ses-a")
+    figure = registration_figure({hemisphere: result.crop(hemisphere) for hemisphere in "LR"})
+    crop = nib.load(result.crop("L"))
+    centres = crop.affine[0, 0] * np.arange(crop.shape[0]) + crop.affine[0, 3]
+    expected = tuple(float(abs(centres[np.argmin(np.abs(centres + d))])) for d in (4, 8, 12))
+    assert figure.sagittal_mm == {"L": expected, "R": expected}
+    shown = ", ".join(f"{d:g}" for d in expected)
+    assert f"sagittal slices at {shown} mm from the midline" in sub02_report.read_text()
+
+
+def test_crop_panels_carry_orientation_letters_from_the_affine():
+    from bids_pcs.config import load_settings
+    from bids_pcs.reports.registration_figures import _ends
+    from bids_pcs.spatial.crops import crop_affine
+
+    crop = load_settings("default").crop
+    left, right = crop_affine(crop, "L"), crop_affine(crop, "R")
+    assert _ends(left, 0) == ("L", "R")
+    assert _ends(right, 0) == ("R", "L")  # stored mirrored: x runs from right to left
+    assert _ends(left, 1) == _ends(right, 1) == ("P", "A")
+    assert _ends(left, 2) == ("I", "S")
+
+
+def test_subject_report_carries_the_methods_boilerplate(sub02_report):
+    page = sub02_report.read_text()
+    assert '<section id="methods"' in page and 'href="#methods"' in page
+    assert "(Avants et al., 2011)" in page and "(Mamalakis et al., 2024)" in page
+    assert '<ol class="references">' in page and "[@" not in page

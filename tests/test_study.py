@@ -64,6 +64,7 @@ def _table(output_dir) -> pd.DataFrame:
                        keep_default_na=False)
 
 
+@pytest.mark.slow
 def test_the_table_has_a_row_per_configuration_with_sane_values(study_run):
     _, output_dir, *_ = study_run
     table = _table(output_dir)
@@ -100,6 +101,7 @@ def test_the_table_has_a_row_per_configuration_with_sane_values(study_run):
     assert np.allclose(table["total_seconds"], summed, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_top_and_full_freeze_different_parameters(study_run):
     _, output_dir, *_ = study_run
     table = _table(output_dir).set_index("configuration")
@@ -114,6 +116,7 @@ def test_top_and_full_freeze_different_parameters(study_run):
         assert top["trainable_fraction"] < 0.05 and full["trainable_fraction"] == 1.0
 
 
+@pytest.mark.slow
 def test_the_split_keeps_participants_apart_and_pretraining_sees_only_training_crops(
         study_run):
     summary, output_dir, *_ = study_run
@@ -141,6 +144,7 @@ def test_the_split_keeps_participants_apart_and_pretraining_sees_only_training_c
     assert len(list((output_dir / "study" / "pretraining").glob("*.json"))) == 1
 
 
+@pytest.mark.slow
 def test_the_page_json_and_figures_are_written(study_run):
     _, output_dir, *_ = study_run
     study_dir = output_dir / "study"
@@ -162,6 +166,7 @@ def test_the_page_json_and_figures_are_written(study_run):
                     "study-reconstruction-top", "study-reconstruction-full"}
 
 
+@pytest.mark.slow
 def test_a_rerun_skips_finished_jobs_and_gives_the_same_table(study_run):
     _, output_dir, first, first_seconds, second, second_seconds, first_table = study_run
     assert (output_dir / "study" / "study.tsv").read_text() == first_table

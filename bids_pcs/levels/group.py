@@ -20,6 +20,7 @@ from bids_pcs import APP_NAME, __version__
 from bids_pcs.config import Settings
 from bids_pcs.errors import InputDataError
 from bids_pcs.io.atomic import write_json, write_text
+from bids_pcs.reports.boilerplate import methods_from_results, write_citation
 from bids_pcs.reports.group_page import write_group_report
 from bids_pcs.reports.group_table import (
     COLUMN_DESCRIPTIONS,
@@ -70,8 +71,11 @@ def run(settings: Settings) -> None:
         "Columns": {c: COLUMN_DESCRIPTIONS.get(c, "from participants.tsv of the raw dataset")
                     for c in table.columns},
     })
+    methods = methods_from_results(results, output_dir)
     write_group_report(output_dir / GROUP_HTML, table, summary, by_columns=by_columns,
-                       thresholds=thresholds, participants_source=participants_source)
+                       thresholds=thresholds, participants_source=participants_source,
+                       methods=methods)
+    write_citation(output_dir, methods)
     LOGGER.info("Group summary of %d image(s) from %d participant(s): %s, %s, %s",
                 summary["n_images"], summary["n_participants"], GROUP_TSV, GROUP_JSON,
                 GROUP_HTML)

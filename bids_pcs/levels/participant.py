@@ -16,6 +16,7 @@ run ends with one error naming each failed image (exit 1).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,8 +52,27 @@ def run(settings: Settings) -> None:
                 f"({', '.join(unusable.failed)})" if unusable else "")
     if settings.run.model and preprocessed:
         infer(settings, preprocessed)
+    _write_citation(settings)
     if unusable is not None:
         raise unusable
+
+
+def _write_citation(settings: Settings) -> None:
+    """``logs/CITATION.md``: the methods boilerplate of this run (see reports.boilerplate)."""
+    from bids_pcs.reports.boilerplate import methods_from_settings, write_citation
+
+    card = model = None
+    if settings.run.model:
+        from bids_pcs.inference.model import model_provenance
+
+        try:
+            card = json.loads((Path(settings.run.model) / "model.json").read_text())
+            model = model_provenance(card, settings.run.model)
+        except (OSError, ValueError):
+            card = None
+    path = write_citation(Path(settings.run.output_dir),
+                          methods_from_settings(settings, model, card))
+    LOGGER.info("Methods boilerplate for papers: %s", path)
 
 
 def infer(settings: Settings, preprocessed: Sequence[PreprocessedImage]) -> None:

@@ -17,6 +17,7 @@ import pandas as pd
 from bids_pcs import __version__
 from bids_pcs.config import PCS_CLASSES
 from bids_pcs.reports import html as h
+from bids_pcs.reports.boilerplate import methods_html
 from bids_pcs.reports.group_figures import (
     asymmetry_figure,
     length_figure,
@@ -31,10 +32,15 @@ _NO_PCS = ("No PCS results in this dataset yet: the participant level ran withou
 
 def write_group_report(path: Path, table: pd.DataFrame, summary: dict[str, Any], *,
                        by_columns: Sequence[str], thresholds: tuple[float, float],
-                       participants_source: str | None) -> Path:
-    """Render the group page for ``table`` and its ``summary``; write it atomically."""
+                       participants_source: str | None,
+                       methods: Sequence[str] = ()) -> Path:
+    """Render the group page for ``table`` and its ``summary``; write it atomically.
+
+    ``methods``: the boilerplate's paragraphs (:mod:`bids_pcs.reports.boilerplate`).
+    """
     rows = statistics_rows(table)
     has_pcs = summary["n_images_with_pcs"] > 0
+    links = _ReportLinks(Path(path).parent)
     sections = [
         ("overview", "Overview", _overview(summary, participants_source)),
         ("prevalence", "Prevalence", _prevalence(rows, summary, has_pcs)),
@@ -42,8 +48,9 @@ def write_group_report(path: Path, table: pd.DataFrame, summary: dict[str, Any],
                                            participants_source)),
         ("length", "Length", _length(rows, summary, thresholds, has_pcs)),
         ("asymmetry", "Asymmetry", _asymmetry(rows, summary, thresholds, has_pcs)),
-        ("qc", "QC failures", _qc_failures(table)),
-        ("images", "All images", _all_images(table)),
+        ("qc", "QC failures", _qc_failures(table, links)),
+        ("images", "All images", _all_images(table, links)),
+        ("methods", "Methods", methods_html(methods)),
     ]
     titles = {"by-group": "Prevalence by participant group", "length": "PCS length",
               "asymmetry": "Left-right asymmetry", "qc": "Registration QC failures",
@@ -53,15 +60,17 @@ def write_group_report(path: Path, table: pd.DataFrame, summary: dict[str, Any],
     n = summary["n_images"]
     return h.write_page(
         path, title="Group report · bids_pcs", heading="Paracingulate sulcus: group report",
-        subtitle=f"{summary['n_participants']} participants · {n} T1w image"
-                 f"{'s' if n != 1 else ''} · bids_pcs {__version__}",
+        subtitle=f"{h.count(summary['n_participants'], 'participant')} · "
+                 f"{h.count(n, 'T1w image')} · bids_pcs {__version__}",
         nav=[(anchor, title) for anchor, title, _ in sections], body=body)
 
 
 def _overview(summary: dict[str, Any], participants_source: str | None) -> h.Html:
     cards = h.stat_cards([
-        ("participants", summary["n_participants"]), ("sessions", summary["n_sessions"]),
-        ("T1w images", summary["n_images"]), ("with PCS results", summary["n_images_with_pcs"]),
+        (h.plural(summary["n_participants"], "participant"), summary["n_participants"]),
+        (h.plural(summary["n_sessions"], "session"), summary["n_sessions"]),
+        (h.plural(summary["n_images"], "T1w image"), summary["n_images"]),
+        ("with PCS results", summary["n_images_with_pcs"]),
         ("failed registration QC", summary["n_images_qc_failed"]),
         ("in the statistics", summary["n_images_in_statistics"])])
     source = (f"Participant columns joined from {participants_source}."
@@ -167,29 +176,33 @@ def _asymmetry(rows: pd.DataFrame, summary: dict[str, Any], thresholds: tuple[fl
     return h.join(parts)
 
 
-def _qc_failures(table: pd.DataFrame) -> h.Html:
+def _qc_failures(table: pd.DataFrame, links: _ReportLinks) -> h.Html:
     failed = table[table["qc_passed"].map(lambda v: v is False)]
     if failed.empty:
         unknown = int(table["qc_passed"].isna().sum())
         text = "Every image passed registration QC."
         if unknown:
-            text += f" {unknown} image(s) have no QC verdict."
+            text += (f" {h.count(unknown, 'image')} "
+                     f"{'has' if unknown == 1 else 'have'} no QC verdict.")
         return h.notice(text, "ok")
-    rows = [[_report_link(row.participant_id, row.image), row.session_id or "n/a",
+    rows = [[links.cell(row.participant_id, row.image), row.session_id or "n/a",
              h.fmt(row.qc_correlation, 3), h.fmt(row.qc_threshold, 2)]
             for row in failed.itertuples()]
     return h.join([
-        h.notice(f"{len(failed)} image(s) failed registration QC: check their subject reports "
-                 "and rerun or exclude them. They are left out of the statistics.", "bad"),
+        h.notice(f"{h.count(len(failed), 'image')} failed registration QC: check "
+                 f"{'its subject report' if len(failed) == 1 else 'their subject reports'} "
+                 "and rerun or exclude "
+                 f"{'it. It is' if len(failed) == 1 else 'them. They are'} left out of the "
+                 "statistics.", "bad"),
         h.table(["Image", "Session", "Correlation", "Threshold"], rows, numeric=(2, 3))])
 
 
-def _all_images(table: pd.DataFrame) -> h.Html:
+def _all_images(table: pd.DataFrame, links: _ReportLinks) -> h.Html:
     rows = []
     for row in table.itertuples():
         qc = {True: h.badge("passed", "ok"), False: h.badge("failed", "bad")}.get(
             row.qc_passed, h.badge("n/a", "muted"))
-        rows.append([_report_link(row.participant_id, row.image),
+        rows.append([links.cell(row.participant_id, row.image),
                      *(_class_cell(getattr(row, f"pcs_class_{s}")) for s in SIDES.values()),
                      *(h.fmt(getattr(row, f"pcs_length_mm_{s}")) for s in SIDES.values()),
                      h.fmt(row.pcs_asymmetry_index, 2), qc])
@@ -199,8 +212,27 @@ def _all_images(table: pd.DataFrame) -> h.Html:
     return h.Html(f'<div class="scroll">{content}</div>')
 
 
-def _report_link(participant_id: str, image: str) -> h.Html:
-    return h.link(f"{participant_id}.html#{image}", image)
+class _ReportLinks:
+    """Links to the subject reports that exist and hold the image's section, plain text else.
+
+    Images without a report (the demo's training participants: preprocessed, never
+    inferred) would otherwise link to a page that was never written.
+    """
+
+    def __init__(self, output_dir: Path) -> None:
+        self._output_dir = output_dir
+        self._pages: dict[str, str] = {}
+
+    def cell(self, participant_id: str, image: str) -> h.Html:
+        if participant_id not in self._pages:
+            page = self._output_dir / f"{participant_id}.html"
+            try:
+                self._pages[participant_id] = page.read_text(encoding="utf-8")
+            except OSError:
+                self._pages[participant_id] = ""
+        if f'id="{h.esc(image)}"' in self._pages[participant_id]:
+            return h.link(f"{participant_id}.html#{image}", image)
+        return h.esc(image)
 
 
 def _class_cell(value: object) -> h.Html:

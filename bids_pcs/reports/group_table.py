@@ -23,13 +23,12 @@ import numpy as np
 import pandas as pd
 
 from bids_pcs.config import PCS_CLASSES
+from bids_pcs.io.bids_names import entity_order
 from bids_pcs.reports.results import ImageResults
 
 LOGGER = logging.getLogger("bids_pcs.reports")
 
 SIDES = {"L": "left", "R": "right"}
-# entities that may distinguish T1w images of one session, in BIDS order
-ENTITY_COLUMNS = ("acq", "ce", "rec", "run")
 # raw participants.tsv columns that are labels of the PCS itself, not groups
 _LABEL_COLUMNS = ("pcs_left", "pcs_right")
 MAX_CATEGORIES = 12
@@ -38,14 +37,14 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "image": "BIDS name stem of the T1w image (its derivatives start with it)",
     "participant_id": "participant label with sub- prefix",
     "session_id": "session label with ses- prefix (n/a without sessions)",
-    "acq": "acq- entity of the T1w image", "ce": "ce- entity of the T1w image",
-    "rec": "rec- entity of the T1w image", "run": "run- entity of the T1w image",
     "pcs_asymmetry_index": "(left - right) / (left + right) PCS length; n/a when both are 0",
     "qc_correlation": "registration QC: correlation with the template inside the crop boxes",
     "qc_threshold": "registration QC: the correlation required to pass",
     "qc_passed": "registration QC verdict (true/false)",
     "model_name": "model that produced the PCS results (n/a: inference not run)",
 }
+COLUMN_DESCRIPTIONS.update({key: f"{key}- entity of the T1w image" for key in entity_order()
+                            if key not in ("sub", "ses")})
 for _side in SIDES.values():
     COLUMN_DESCRIPTIONS.update({
         f"pcs_class_{_side}": f"predicted PCS class of the {_side} hemisphere "
@@ -84,7 +83,8 @@ def group_table(results: Sequence[ImageResults],
     Columns from ``participants`` follow ours, renamed ``participants_<name>``
     where a name is already taken.
     """
-    entity_keys = [k for k in ENTITY_COLUMNS
+    # every entity that tells two T1w images of a session apart, in BIDS order
+    entity_keys = [k for k in entity_order()
                    if any(k in dict(r.image.entities) for r in results)]
     rows = []
     for result in results:

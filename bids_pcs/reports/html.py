@@ -104,6 +104,16 @@ def key_values(pairs: Iterable[tuple[str, object]]) -> Html:
     return Html(f'<dl class="kv">{items}</dl>')
 
 
+def plural(n: int, noun: str) -> str:
+    """``noun`` or its plural for a count: ``plural(1, "session")`` -> ``"session"``."""
+    return noun if n == 1 else f"{noun}s"
+
+
+def count(n: int, noun: str) -> str:
+    """``"1 participant"``, ``"0 sessions"``, ``"3 T1w images"``."""
+    return f"{n} {plural(n, noun)}"
+
+
 def stat_cards(stats: Iterable[tuple[str, object]]) -> Html:
     """Big numbers with a label, at the top of a page."""
     cards = "".join(f'<div class="stat"><div class="value">{esc(v)}</div>'

@@ -10,6 +10,7 @@ crop's grid through its affine, which works for the mirrored right crop too.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -96,44 +97,66 @@ def _template_on_grid(affine_bytes: bytes, shape: tuple[int, ...]) -> dict[str, 
     return out
 
 
-def registration_figure(crops: dict[str, Path]) -> str | None:
-    """Crops of both hemispheres with the template outlines, as a PNG data URI.
+@dataclass(frozen=True)
+class RegistrationFigure:
+    """The registration QC figure and what its panels show.
 
-    One row per hemisphere: sagittal slices at 4, 8 and 12 mm from the
-    midline, then a coronal and an axial slice through the crop's centre.
-    Returns ``None`` when no crop exists.
+    Args:
+        uri: the PNG as a data URI.
+        sagittal_mm: per hemisphere, the distances from the midline (mm) of the
+            sagittal panels: the voxel centres nearest :data:`SAGITTAL_OFFSETS_MM`
+            (on a 2 mm grid, 5, 9 and 13 mm rather than 4, 8 and 12).
+    """
+
+    uri: str
+    sagittal_mm: dict[str, tuple[float, ...]]
+
+
+def registration_figure(crops: dict[str, Path]) -> RegistrationFigure | None:
+    """Crops of both hemispheres with the template outlines and orientation letters.
+
+    Two rows per hemisphere: sagittal slices near 4, 8 and 12 mm from the
+    midline; then a coronal and an axial slice through the crop's centre, laid
+    on their side (the crop is only 32 mm wide) at twice the scale so they
+    read as well as the sagittal ones. Returns ``None`` when no crop exists.
     """
     rows = [(h, path) for h, path in sorted(crops.items()) if path.is_file()]
     if not rows:
         return None
+    sagittal_mm: dict[str, tuple[float, ...]] = {}
     with report_style():
-        # panel widths follow the crop's extent, so every panel has the same height
         shape = nib.load(str(rows[0][1])).shape
-        widths = [shape[1]] * len(SAGITTAL_OFFSETS_MM) + [shape[0], shape[0] * shape[2] / shape[1]]
-        fig = Figure(figsize=(11.0, 2.55 * len(rows)), facecolor=DARK_BACKGROUND)
-        axes = fig.subplots(len(rows), len(widths), squeeze=False,
-                            gridspec_kw={"wspace": 0.05, "hspace": 0.2, "width_ratios": widths,
-                                         "left": 0.035, "right": 0.995, "top": 0.93,
-                                         "bottom": 0.01})
+        fig = Figure(figsize=(11.0, 4.7 * len(rows)), facecolor=DARK_BACKGROUND)
+        outer = fig.add_gridspec(2 * len(rows), 1, hspace=0.28, left=0.035, right=0.995,
+                                 top=0.96, bottom=0.01)
         for row, (hemisphere, path) in enumerate(rows):
-            _draw_crop_row(axes[row], hemisphere, nib.load(str(path)))
-        return to_data_uri(fig, tight=False)
+            # panel widths follow each slice's extent: one scale per row
+            top = outer[2 * row].subgridspec(1, 3, wspace=0.05)
+            bottom = outer[2 * row + 1].subgridspec(1, 2, wspace=0.08,
+                                                    width_ratios=[shape[2], shape[1]])
+            axes = [fig.add_subplot(top[0, i]) for i in range(3)]
+            axes += [fig.add_subplot(bottom[0, i]) for i in range(2)]
+            sagittal_mm[hemisphere] = _draw_crop(axes, hemisphere, nib.load(str(path)))
+        return RegistrationFigure(to_data_uri(fig, tight=False), sagittal_mm)
 
 
-def _draw_crop_row(axes, hemisphere: str, image: nib.Nifti1Image) -> None:
+def _draw_crop(axes, hemisphere: str, image: nib.Nifti1Image) -> tuple[float, ...]:
+    """Draw one hemisphere's five panels; return the sagittal panels' distances (mm)."""
     data = np.asarray(image.dataobj, dtype=np.float32)
     outlines = template_on_grid(image.affine, data.shape)
     low, high = np.percentile(data, (1, 99.5))
     zooms = image.header.get_zooms()[:3]
-    # world x of each sagittal index: the right crop is stored mirrored
-    x_mm = image.affine[0, 0] * np.arange(data.shape[0]) + image.affine[0, 3]
+    centre = [n // 2 for n in data.shape]
+    # world coordinate of each index along each axis: the right crop is stored mirrored
+    world = [image.affine[k, k] * np.arange(data.shape[k]) + image.affine[k, 3]
+             for k in range(3)]
     sign = -1.0 if hemisphere == "L" else 1.0
     panels = []
     for offset in SAGITTAL_OFFSETS_MM:
-        index = int(np.argmin(np.abs(x_mm - sign * offset)))
-        panels.append(("sagittal", index, f"x = {x_mm[index]:+.0f} mm"))
-    panels.append(("coronal", data.shape[1] // 2, "coronal"))
-    panels.append(("axial", data.shape[2] // 2, "axial"))
+        index = int(np.argmin(np.abs(world[0] - sign * offset)))
+        panels.append(("sagittal", index, f"x = {world[0][index]:+.0f} mm"))
+    panels.append(("coronal", centre[1], f"coronal, y = {world[1][centre[1]]:+.0f} mm"))
+    panels.append(("axial", centre[2], f"axial, z = {world[2][centre[2]]:+.0f} mm"))
     for ax, (view, index, title) in zip(axes, panels, strict=True):
         image_slice, aspect = _slice(data, view, index, zooms)
         ax.imshow(image_slice, cmap="gray", vmin=low, vmax=high, origin="lower",
@@ -142,17 +165,46 @@ def _draw_crop_row(axes, hemisphere: str, image: nib.Nifti1Image) -> None:
             outline, _ = _slice(outlines[name], view, index, zooms)
             if outline.max() > 0.5 > outline.min():
                 ax.contour(outline, levels=[0.5], colors=[colour], linewidths=0.9)
+        _orientation_letters(ax, image.affine, _VIEW_AXES[view])
         ax.set_axis_off()
         ax.set_title(title, color="#e5e7eb", fontsize=8.5, pad=3)
     axes[0].text(-0.08, 0.5, f"{HEMISPHERE_NAMES[hemisphere]} crop", color="#e5e7eb",
                  rotation=90, va="center", ha="right", transform=axes[0].transAxes)
+    return tuple(abs(float(world[0][index])) for _, index, _ in panels[:3])
+
+
+# (horizontal, vertical) array axis of each view as drawn (origin lower)
+_VIEW_AXES = {"sagittal": (1, 2), "coronal": (2, 0), "axial": (1, 0)}
+_POSITIVE, _NEGATIVE = "RAS", "LPI"
+
+
+def _orientation_letters(ax, affine: np.ndarray, view_axes: tuple[int, int]) -> None:
+    """The anatomical direction at each edge of a panel (R/L, A/P, S/I), from the affine."""
+    horizontal, vertical = (_ends(affine, k) for k in view_axes)
+    style = {"color": "#fde047", "fontsize": 8, "fontweight": "bold",
+             "transform": ax.transAxes}
+    ax.text(0.01, 0.5, horizontal[0], ha="left", va="center", **style)
+    ax.text(0.99, 0.5, horizontal[1], ha="right", va="center", **style)
+    ax.text(0.5, 0.01, vertical[0], ha="center", va="bottom", **style)
+    ax.text(0.5, 0.99, vertical[1], ha="center", va="top", **style)
+
+
+def _ends(affine: np.ndarray, axis: int) -> tuple[str, str]:
+    """Letters at the (first, last) voxel end of array ``axis``."""
+    direction = affine[:3, axis]
+    world = int(np.argmax(np.abs(direction)))
+    if direction[world] > 0:
+        return _NEGATIVE[world], _POSITIVE[world]
+    return _POSITIVE[world], _NEGATIVE[world]
 
 
 def _slice(data: np.ndarray, view: str, index: int,
            zooms: tuple[float, ...]) -> tuple[np.ndarray, float]:
-    # arrays are (x, y, z); each panel shows its plane with rows going up
+    # arrays are (x, y, z); the sagittal panel shows y across and z up; coronal
+    # and axial lie on their side (z or y across, x up) so that the 32 mm-wide
+    # crop is a wide panel, not a thin strip
     if view == "sagittal":
         return data[index, :, :].T, zooms[2] / zooms[1]
     if view == "coronal":
-        return data[:, index, :].T, zooms[2] / zooms[0]
-    return data[:, :, index].T, zooms[1] / zooms[0]
+        return data[:, index, :], zooms[0] / zooms[2]
+    return data[:, :, index], zooms[0] / zooms[1]

@@ -90,6 +90,11 @@ class ImageResults:
         return self.qc.passed if self.qc else None
 
     @property
+    def qc_record(self) -> dict[str, Any]:
+        """The registration QC record as preprocessing wrote it, with its ``Settings``."""
+        return _read_json(registration_qc_path(self.output_dir, self.image)) or {}
+
+    @property
     def model(self) -> dict[str, Any]:
         return dict(self.pcs_metadata.get("Model") or {})
 

@@ -29,13 +29,14 @@ from bids_pcs.io.derivatives import (
     registration_qc_path,
 )
 from bids_pcs.reports import html as h
+from bids_pcs.reports.boilerplate import methods_from_results, methods_html
 from bids_pcs.reports.figures import (
     HEMISPHERE_COLOURS,
     HEMISPHERE_NAMES,
     OUTLINE_COLOURS,
 )
 from bids_pcs.reports.pcs_figures import load_native, projection_figure, sagittal_figure
-from bids_pcs.reports.registration_figures import SAGITTAL_OFFSETS_MM, registration_figure
+from bids_pcs.reports.registration_figures import registration_figure
 from bids_pcs.reports.results import (
     ImageResults,
     discover_images,
@@ -84,13 +85,16 @@ def write_subject_report(output_dir: Path, subject: str,
 
     body = [_overview(results)]
     body += [_image_section(result, raw_dir, dseg_labels, labels) for result in results]
+    body.append(h.section("methods", "Methods",
+                          methods_html(methods_from_results(results, output_dir))))
     body.append(_about(results))
     nav = [("overview", "Overview")] + [(r.image.prefix, _short_name(r.image))
-                                        for r in results] + [("about", "About")]
+                                        for r in results] + [("methods", "Methods"),
+                                                             ("about", "About")]
     n = len(results)
     path = subject_report_path(output_dir, subject)
     h.write_page(path, title=f"sub-{subject} · bids_pcs", heading=f"Participant sub-{subject}",
-                 subtitle=f"Paracingulate sulcus report · {n} T1w image{'s' if n != 1 else ''}",
+                 subtitle=f"Paracingulate sulcus report · {h.count(n, 'T1w image')}",
                  nav=nav, body=h.join(body))
     LOGGER.info("Report written to %s", path)
     return path
@@ -147,18 +151,23 @@ def _registration_part(result: ImageResults) -> h.Html:
             parts.append(h.notice("Registration failed QC: check the outlines below before "
                                   "trusting this image's PCS results.", "bad"))
     crops = {hemisphere: result.crop(hemisphere) for hemisphere in HEMISPHERES}
-    uri = registration_figure(crops)
-    if uri:
-        offsets = ", ".join(f"{d:.0f}" for d in SAGITTAL_OFFSETS_MM)
+    figure = registration_figure(crops)
+    if figure:
+        positions = {", ".join(f"{d:g}" for d in distances)
+                     for distances in figure.sagittal_mm.values()}
+        where = (f"{positions.pop()} mm" if len(positions) == 1 else
+                 "; ".join(f"{HEMISPHERE_NAMES[k]} {', '.join(f'{d:g}' for d in v)} mm"
+                           for k, v in figure.sagittal_mm.items()))
         parts.append(h.figure(
-            uri, f"Registration QC of {result.image.prefix}",
+            figure.uri, f"Registration QC of {result.image.prefix}",
             f"Medial frontal crops in {TEMPLATE_NAME} space, as the network sees them "
             f"(the right crop mirrored). Outlines of the template: "
             f"{_colour_name(OUTLINE_COLOURS['brain'])} = brain (grey + white matter), "
-            f"{_colour_name(OUTLINE_COLOURS['white'])} = white matter. Sagittal slices at "
-            f"{offsets} mm from the midline, then coronal and axial slices through the centre "
-            "of the crop. After a good registration the outlines follow the sulci and the "
-            "grey/white boundary."))
+            f"{_colour_name(OUTLINE_COLOURS['white'])} = white matter. Per hemisphere, "
+            f"sagittal slices at {where} from the midline, then a coronal and an axial "
+            "slice through the centre of the crop, laid on their side at twice the scale; "
+            "letters mark the directions (R/L, A/P, S/I). After a good registration the "
+            "outlines follow the sulci and the grey/white boundary."))
     else:
         parts.append(h.notice("No crop found: preprocessing has not run for this image."))
     return h.join(parts)

@@ -14,6 +14,7 @@ from bids_pcs.interfaces.ants import (
 )
 from bids_pcs.interfaces.crops import NormaliseCropIntensity, RegistrationQC
 from bids_pcs.interfaces.images import LoadT1w
+from bids_pcs.workflows.descriptions import preprocessing_description
 
 
 def init_pcs_preproc_wf(*, settings: Settings, image_gb: float | None = None,
@@ -57,7 +58,7 @@ def init_pcs_preproc_wf(*, settings: Settings, image_gb: float | None = None,
     """
     reg = settings.registration
     workflow = pe.Workflow(name=name)
-    workflow.__desc__ = _description(settings)
+    workflow.__desc__ = preprocessing_description(settings)
 
     inputnode = pe.Node(niu.IdentityInterface(fields=["t1w"]), name="inputnode")
     outputnode = pe.Node(
@@ -108,33 +109,3 @@ def init_pcs_preproc_wf(*, settings: Settings, image_gb: float | None = None,
             (load, resample, [("out_file", "in_file")]),
         ])
     return workflow
-
-
-def _description(settings: Settings) -> str:
-    reg, crop = settings.registration, settings.crop
-    size = " x ".join(f"{s:g}" for s in crop.size_mm)
-    n4 = ("corrected for intensity non-uniformity with N4 [@n4], fitted on a 6 mm copy, "
-          if reg.n4 else "")
-    stages = f"an affine transform at {reg.coarse_mm:g} then {reg.fine_mm:g} mm"
-    if reg.refine_on_region:
-        stages += ", refined on the medial frontal region"
-    if reg.deformable:
-        stages += ", followed by a deformable SyN stage [@syn]"
-    mirror = (" The right crop was mirrored onto the left so one model serves both "
-              "hemispheres." if crop.mirror_right else "")
-    norm = (f"robust min-max ({settings.intensity.lower_percentile:g}th to "
-            f"{settings.intensity.upper_percentile:g}th percentile)"
-            if settings.intensity.method == "percentile" else "z-scoring")
-    return (
-        f"Each T1-weighted image was reoriented to RAS, {n4}and registered to the "
-        f"ICBM 2009a nonlinear symmetric template (MNI152NLin2009aSym, 1 mm, as shipped "
-        f"with nilearn [@nilearn]) with ANTs [@ants] through antspyx: a multi-start rigid "
-        f"search for the initial alignment, then {stages}, using Mattes mutual information "
-        f"inside the dilated template brain mask. A {size} mm box per hemisphere around the "
-        f"paracingulate region was resampled at {crop.voxel_mm:g} mm directly from the "
-        f"native image through the composed transform (a single interpolation), and its "
-        f"intensities normalised by {norm}.{mirror} Registration quality was checked per "
-        f"image as the correlation between each crop and the template within the box "
-        f"(threshold {reg.qc_min_correlation:g}); failing images were excluded from "
-        f"further analysis."
-    )

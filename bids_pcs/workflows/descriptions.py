@@ -1,0 +1,119 @@
+"""Methods text of each processing step, in the words of a paper's methods section.
+
+fMRIPrep's way: every workflow carries a short paragraph (``__desc__``) that
+says what it did with the settings it ran with, citing tools by key
+(``[@ants]``); :mod:`bids_pcs.reports.boilerplate` assembles the paragraphs of
+a run into the boilerplate of ``logs/CITATION.md`` and the reports. The text
+lives here, free of Nipype, so that reports can rebuild it from the settings
+recorded in the derivatives.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bids_pcs import CODE_URL
+from bids_pcs.config import Settings
+
+_ARCHITECTURES = {"swinunetr": "a SwinUNETR [@swinunetr]", "cnn": "a compact residual 3D CNN"}
+_METHODS = {
+    "reconstruction": "masked-volume reconstruction (random 3D blocks hidden, the crop "
+                      "restored under an L1 and SSIM loss)",
+    "contrastive": "contrastive learning [@simclr] (two augmented views per crop, NT-Xent "
+                   "loss)",
+    "adversarial": "adversarial restoration (a corrupted crop restored against a patch "
+                   "discriminator)",
+    "diffusion": "denoising diffusion [@ddpm] (the network predicting the noise added to "
+                 "a crop)",
+}
+_STRATEGIES = {
+    "top": "with only its output heads trained",
+    "decoder": "with its decoder and heads trained and its encoder frozen",
+    "full": "with every parameter trained",
+    "lora": "with low-rank adapters [@lora] on its encoder and its heads trained, the rest "
+            "frozen (the adapters merged into the weights afterwards)",
+}
+
+
+def preprocessing_description(settings: Settings) -> str:
+    """What the preprocessing workflow did (``init_pcs_preproc_wf``'s ``__desc__``)."""
+    reg, crop = settings.registration, settings.crop
+    size = " x ".join(f"{s:g}" for s in crop.size_mm)
+    n4 = ("corrected for intensity non-uniformity with N4 [@n4], fitted on a 6 mm copy, "
+          if reg.n4 else "")
+    stages = f"an affine transform at {reg.coarse_mm:g} then {reg.fine_mm:g} mm"
+    if reg.refine_on_region:
+        stages += ", refined on the medial frontal region"
+    if reg.deformable:
+        stages += ", followed by a deformable SyN stage [@syn]"
+    mirror = (" The right crop was mirrored onto the left so one model serves both "
+              "hemispheres." if crop.mirror_right else "")
+    norm = (f"robust min-max (the {_ordinal(settings.intensity.lower_percentile)} to "
+            f"{_ordinal(settings.intensity.upper_percentile)} percentile)"
+            if settings.intensity.method == "percentile" else "z-scoring")
+    return (
+        f"Each T1-weighted image was reoriented to RAS, {n4}and registered to the "
+        f"MNI152NLin2009aSym template, the 1 mm ICBM 2009a nonlinear symmetric average "
+        f"[@mni2009] as shipped with nilearn [@nilearn], with ANTs [@ants] through antspyx "
+        f"in a Nipype [@nipype] workflow: the image was masked with a rough morphological "
+        f"brain mask, a multi-start rigid search found the initial alignment, then "
+        f"{stages}, using Mattes mutual information "
+        f"inside the dilated template brain mask, with a fixed seed and one thread so that "
+        f"a rerun gives the same transform. A {size} mm box per hemisphere around the "
+        f"paracingulate region was resampled at {crop.voxel_mm:g} mm directly from the "
+        f"native image through the composed transform (a single interpolation), and its "
+        f"intensities normalised by {norm}.{mirror} Registration quality was checked per "
+        f"image as the correlation between each crop and the template within the box "
+        f"(threshold {reg.qc_min_correlation:g}); failing images were excluded from "
+        f"further analysis."
+    )
+
+
+def inference_description(model: dict[str, Any], *, card: dict[str, Any] | None = None,
+                          threshold: float | None = None,
+                          length_thresholds_mm: tuple[float, float] = (20.0, 40.0),
+                          flip_tta: bool = False) -> str:
+    """What inference did with ``model`` (the ``Model`` entry of the PCS sidecars).
+
+    Args:
+        model: name, stage, method, strategy, sha256, version of the model.
+        card: its ``model.json`` when it can be read (adds the architecture).
+        threshold: probability above which a voxel is PCS.
+        length_thresholds_mm: the present / prominent length thresholds.
+        flip_tta: whether left-right flipped predictions were averaged in.
+    """
+    architecture = ((card or {}).get("architecture") or {}).get("architecture")
+    network = _ARCHITECTURES.get(str(architecture), "a 3D network")
+    method = model.get("method")
+    start = ("trained from scratch" if method in (None, "scratch") else
+             f"pre-trained without labels by {_METHODS.get(method, method)}")
+    strategy = _STRATEGIES.get(str(model.get("strategy")), "")
+    digest = str(model.get("sha256") or "")[:12]
+    present, prominent = length_thresholds_mm
+    tta = " averaged with the prediction of the left-right flipped crop," if flip_tta else ""
+    cut = f" above {threshold:g}" if threshold is not None else ""
+    version = f" {model['version']}" if model.get("version") else ""
+    return (
+        f"The paracingulate sulcus (PCS) was segmented and classified per hemisphere with "
+        f"bids_pcs{version} ({CODE_URL}), which implements the pre-training and "
+        f"fine-tuning strategies compared for sulcal identification [@mamalakis2024], "
+        f"using the model {model.get('name')} (weights SHA-256 {digest}...): "
+        f"{network} built with MONAI [@monai], {start}, then fine-tuned on labelled crops "
+        f"{strategy} for PCS segmentation and three-class classification (absent, "
+        f"present, prominent). Each hemisphere's crop was predicted,{tta} voxels with a "
+        f"PCS probability{cut} formed the mask, and masks and probability maps were "
+        f"brought back to the native T1w grid through the inverse of the registration. "
+        f"PCS length was measured along the skeleton of each hemisphere's mask; by "
+        f"length, a PCS is absent below {present:g} mm, present from {present:g} to "
+        f"{prominent:g} mm and prominent above {prominent:g} mm [@yucel2001]; the class "
+        f"reported is the network's prediction."
+    )
+
+
+def _ordinal(value: float) -> str:
+    number = f"{value:g}"
+    if not number.isdigit():
+        return f"{number}th"
+    n = int(number)
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
