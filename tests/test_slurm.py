@@ -228,3 +228,25 @@ def test_a_killed_rank_ends_the_job_in_seconds(array_run):
     root_cause = log[log.index("Root Cause"):]
     assert "rank      : 1" in root_cause[:400] and "SIGKILL" in root_cause[:400], root_cause
     assert not (out / "models" / "killed" / "model.safetensors").exists()
+
+
+def test_finetuning_runs_with_two_processes_under_srun(array_run):
+    out = array_run["out"]
+    labels = array_run["bids"] / "derivatives" / "pcs-labels"
+    job = sbatch(f"--chdir={out.parent}", "--cpus-per-task=2", "--mem=4G", "--gpus-per-node=0",
+                 "--time=00:10:00", f"--output={out}/logs/slurm/train-finetune-%j.out",
+                 PIPELINES / "train_ddp.sbatch", array_run["bids"], out, "finetune",
+                 "--init", "scratch", "--strategy", "full", "--labels", labels,
+                 "--recipe", RECIPE, "--participant-label", "01", "02", "04",
+                 "--set", "finetune.epochs=1", "--set", "finetune.batch_size=1",
+                 "--model-name", "finetune-ddp", "-w", out.parent / "work-finetune",
+                 env={"NPROC_PER_NODE": "2", "MASTER_PORT": "29711"})
+    record = wait_for(job, timeout=240)[0]
+    log = (out / "logs" / "slurm" / f"train-finetune-{job}.out").read_text()
+    assert record["JobState"] == "COMPLETED", log[-3000:]
+    print(f"SLURM finetune: 2 processes {seconds(record):.0f} s")
+
+    from bids_pcs.models.model_io import read_model_card
+
+    card = read_model_card(out / "models" / "finetune-ddp")
+    assert card["stage"] == "finetune" and card["training"]["processes"] == 2
