@@ -1,15 +1,22 @@
-"""Pre-training throughput and peak memory per method, at the paper's configuration.
+"""Pre-training throughput, peak memory and step cost against a bare network step, per method.
 
 Every method runs a few warm-up steps, then timed steps, on the one training
 engine with random smooth crops held in memory (on the GPU when there is one),
 each in a fresh process so that peak memory is per method.  On CUDA each method
 runs in bf16 autocast and in fp32.
 
+The *reference* is a bare forward + backward pass of the same backbone with an
+L1 loss at the same crop size and batch (for ``swinunetr`` MONAI's own
+``SwinUNETR``; for ``cnn`` the CNN backbone with a 1x1x1 output convolution),
+no optimiser, no engine.  Reference and method steps are timed in alternating
+rounds in the same process, so a changing machine load hits both alike; the
+ratio printed is the median over rounds of (method s/step) / (reference s/step).
+
 Usage::
 
     python benchmarks/bench_pretrain.py                      # auto device, all methods
     python benchmarks/bench_pretrain.py --device cpu --steps 2 --warmup 1
-    python benchmarks/bench_pretrain.py --architecture cnn --json results.json
+    python benchmarks/bench_pretrain.py --recipe tiny-cpu-2mm --device cpu
 """
 
 from __future__ import annotations
@@ -28,18 +35,34 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--recipe", default=None,
+                        help="take architecture, feature size, crop, batch size and method "
+                             "options from this recipe (e.g. tiny-cpu-2mm)")
     parser.add_argument("--architecture", default="swinunetr", choices=("swinunetr", "cnn"))
     parser.add_argument("--feature-size", type=int, default=24)
     parser.add_argument("--crop", type=int, nargs=3, default=(32, 96, 64), metavar=("X", "Y", "Z"))
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating rounds of reference and method steps")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     parser.add_argument("--precision", nargs="+", default=None, choices=("bf16", "fp32"),
                         help="default: bf16 and fp32 on CUDA, fp32 on CPU")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.options = {}
+    if args.recipe:
+        from bids_pcs.config import load_settings
+
+        settings = load_settings(args.recipe)
+        args.architecture = settings.model.architecture
+        args.feature_size = settings.model.feature_size
+        args.crop = settings.crop.shape_vox
+        args.batch_size = settings.pretrain.batch_size
+        args.options = settings.pretrain.options
+    return args
 
 
 def _measure(args: argparse.Namespace) -> dict:
@@ -62,29 +85,45 @@ def _measure(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     network = build_network(ModelSettings(architecture=args.architecture,
                                           feature_size=args.feature_size), args.crop)
-    objective = get_objective(method)
+    objective = get_objective(method, args.options)
     objective.setup(network)
-    n_crops = args.batch_size * max(args.warmup, args.steps)
+    n_crops = args.batch_size * args.steps
     crops = torch.rand((n_crops, 1, *args.crop))
     crops = torch.nn.functional.avg_pool3d(crops, 5, stride=1, padding=2)
     data = CropSet((crops - crops.min()) / (crops.max() - crops.min()))
 
-    def run(steps: int):
-        config = TrainConfig(epochs=1, batch_size=args.batch_size, steps_per_epoch=steps,
-                             mixed_precision=precision == "bf16", progress=False)
-        engine = Engine(network, objective, config, device=device)
+    reference = _reference(args, device)
+    engine_config = TrainConfig(epochs=1, batch_size=args.batch_size, steps_per_epoch=args.steps,
+                                mixed_precision=precision == "bf16", progress=False)
+    engine = Engine(network, objective, engine_config, device=device)
+    on_device = data.to(device)
+
+    def timed(step) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         started = time.perf_counter()
-        result = engine.fit(data)
+        step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return result, time.perf_counter() - started
+        return time.perf_counter() - started
 
-    if args.warmup:
-        run(args.warmup)
-    result, seconds = run(args.steps)
-    crops_done = args.steps * args.batch_size
+    def reference_steps() -> None:
+        for i in range(args.steps):
+            reference(on_device.images[i * args.batch_size:(i + 1) * args.batch_size],
+                      precision == "bf16")
+
+    results = []
+    for _ in range(max(1, args.warmup)):
+        results.append(engine.fit(data))
+        reference(on_device.images[:args.batch_size], precision == "bf16")
+    method_seconds, reference_seconds = [], []
+    for _ in range(args.rounds):
+        reference_seconds.append(timed(reference_steps) / args.steps)
+        method_seconds.append(timed(lambda: results.append(engine.fit(data))) / args.steps)
+    ratios = sorted(m / r for m, r in zip(method_seconds, reference_seconds, strict=True))
+    seconds = sorted(method_seconds)[len(method_seconds) // 2]
+    crops_done = args.batch_size
+    result = results[-1]
     return {
         "method": method,
         "device": str(device),
@@ -96,12 +135,54 @@ def _measure(args: argparse.Namespace) -> dict:
         "crop": list(args.crop),
         "batch_size": args.batch_size,
         "steps": args.steps,
-        "seconds_per_step": seconds / args.steps,
+        "rounds": args.rounds,
+        "seconds_per_step": seconds,
+        "reference_seconds_per_step": sorted(reference_seconds)[len(reference_seconds) // 2],
+        "step_cost_ratio": ratios[len(ratios) // 2],
         "crops_per_second": crops_done / seconds,
         "peak_memory_mb": result.peak_memory_mb,
         "parameters": result.total_parameters,
         "final_loss": result.history[-1]["loss"],
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
+
+
+def _reference(args: argparse.Namespace, device):
+    """A bare forward + backward step of the backbone with an L1 loss (no optimiser, no engine)."""
+    import torch
+
+    torch.manual_seed(1)
+    if args.architecture == "swinunetr":
+        from monai.networks.nets import SwinUNETR
+
+        model = SwinUNETR(in_channels=1, out_channels=1, feature_size=args.feature_size,
+                          spatial_dims=3)
+
+        def forward(image):
+            return model(image)
+    else:
+        from bids_pcs.config import ModelSettings
+        from bids_pcs.models.network import build_network
+
+        model = build_network(ModelSettings(architecture="cnn", feature_size=args.feature_size),
+                              args.crop)
+        out = torch.nn.Conv3d(args.feature_size, 1, 1)
+        model = torch.nn.ModuleDict({"network": model, "out": out})
+
+        def forward(image):
+            return model["out"](model["network"](image, heads=False)["features"])
+    model.to(device).train()
+
+    def step(image, bf16: bool) -> None:
+        autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                                  enabled=bf16 and device.type == "cuda")
+        with autocast:
+            loss = torch.nn.functional.l1_loss(forward(image).float(), image)
+        loss.backward()
+        for parameter in model.parameters():
+            parameter.grad = None
+
+    return step
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,7 +211,11 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(f"{row['method']:<15} {row['device']:<7} {row['precision']:<5} "
                   f"{row['crops_per_second']:8.3f} crops/s  {row['seconds_per_step']:8.3f} s/step  "
-                  f"peak {row['peak_memory_mb']:9.1f} MB", flush=True)
+                  f"reference {row['reference_seconds_per_step']:7.3f} s/step  "
+                  f"ratio {row['step_cost_ratio']:5.2f}  peak {row['peak_memory_mb']:9.1f} MB  "
+                  f"load {row['load_average']:.2f}", flush=True)
+    print(f"(step cost ratio: method step / bare forward + backward with L1, median of "
+          f"{args.rounds} alternating rounds of {args.steps} steps; load = 1-min load average)")
     print(f"({args.architecture}, feature size {args.feature_size}, crop "
           f"{'x'.join(map(str, args.crop))}, batch {args.batch_size}, {rows[0]['device_name']}, "
           f"torch {torch.__version__}; CPU peak = process resident peak)")

@@ -24,6 +24,8 @@ from bids_pcs.training.distributed import distributed_run
 from bids_pcs.training.engine import Engine, TrainConfig
 
 EQUIVALENCE = {"crops": 12, "epochs": 2, "batch_size": 2, "learning_rate": 1e-3}
+# contrastive: its keys are gathered across processes into one queue
+METHODS = ("reconstruction", "adversarial", "contrastive")
 
 
 class RankFailureError(RuntimeError):
@@ -52,7 +54,7 @@ def main(out: Path, mode: str) -> None:
             state["loss"] = torch.tensor([row["loss"] for row in result.history])
             write_tensors(out / f"equivalent-rank{context.rank}.safetensors", state)
             return
-        for method in ("reconstruction", "adversarial"):
+        for method in METHODS:
             network = tiny_cnn(seed=10 + context.rank)
             objective = get_objective(method, TINY_OPTIONS[method])
             objective.setup(network)

@@ -1,4 +1,4 @@
-"""Two-process data-parallel training (torchrun, gloo): identical, equivalent, fails fast."""
+"""Two-process DDP training (torchrun, gloo): identical (queues too), equivalent, fails fast."""
 
 from __future__ import annotations
 
@@ -38,12 +38,15 @@ def torchrun(out: Path, mode: str, timeout: float) -> subprocess.CompletedProces
 def test_two_gloo_processes_end_with_identical_weights(tmp_path):
     done = torchrun(tmp_path, "identical", timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    for method in ("reconstruction", "adversarial"):
+    for method in ("reconstruction", "adversarial", "contrastive"):
         first = load_file(tmp_path / f"rank0-{method}.safetensors")
         second = load_file(tmp_path / f"rank1-{method}.safetensors")
         assert first.keys() == second.keys()
         for key in first:
             assert torch.equal(first[key], second[key]), f"{method}: {key}"
+        if method == "contrastive":
+            # each process holds half the crops; the queue holds the keys of both
+            assert set(first["objective.queue_index"].tolist()) == set(range(8))
         # only the first process writes checkpoints, after the last epoch
         assert load_checkpoint(tmp_path / f"ckpt-{method}").state["world_size"] == 2
 

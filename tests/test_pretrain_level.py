@@ -93,8 +93,10 @@ def test_pretrain_level_writes_a_model_directory_that_seeds_finetuning(tmp_path,
     assert (tmp_path / "work" / "pretrain" / "pretrain-diffusion" / "checkpoint.json").is_file()
 
     report = load_pretrained(tiny_cnn(seed=3), model_dir)
-    assert report.matched_in("encoder") == len(
+    # every encoder tensor, and diffusion's clean-image condition with them
+    assert report.matched_in("encoder") == 1 + len(
         [k for k in tiny_cnn().state_dict() if k.startswith("encoder.")])
+    assert "encoder.clean_condition" in report.matched
 
     # a rerun with --resume finds the finished checkpoint and only rewrites the model
     pretrain.run(settings.replace(run={"resume": True}))

@@ -43,7 +43,10 @@ def test_options_table_per_method_is_picked_by_name():
 def test_loss_halves_when_overfitting_one_batch(method):
     network = tiny_cnn(seed=1)
     heads_before = {k: v.clone() for k, v in network.heads.state_dict().items()}
-    objective = get_objective(method, TINY_OPTIONS[method])
+    # a filling queue raises the contrastive loss's chance level (more negatives each
+    # step): the loss is comparable across steps only without one (the queue has its tests)
+    options = {**TINY_OPTIONS[method], **({"queue_size": 0} if method == "contrastive" else {})}
+    objective = get_objective(method, options)
     objective.setup(network)
     crops = crop_set(4 if method == "contrastive" else 2)
     # one batch per epoch: every "epoch" is one optimiser step on the same crops
@@ -58,17 +61,32 @@ def test_loss_halves_when_overfitting_one_batch(method):
         assert torch.equal(value, heads_before[key]), key
 
 
-def test_diffusion_conditioning_starts_neutral_and_leaves_the_network_unchanged():
+def test_diffusion_conditioning_starts_neutral_and_is_the_networks_own_at_t0():
     network = tiny_cnn()
     names_before = [n for n, _ in network.named_parameters()]
     objective = get_objective("diffusion", TINY_OPTIONS["diffusion"])
     objective.setup(network)
-    assert [n for n, _ in network.named_parameters()] == names_before
+    # the only new network parameter is the clean-image condition, in the encoder group
+    assert [n for n, _ in network.named_parameters() if n not in names_before] == [
+        "encoder.clean_condition"]
+    assert network.spec.input_conditioning.to_dict() == {
+        "scale": 2.0, "offset": -1.0, "clean_condition": True}
     crops = crop_set(2).images
-    shift, scale, bias = objective.conditioning(torch.tensor([3, 700]))
-    assert shift.shape == (2, network.bottleneck_channels)
+    with torch.no_grad():
+        network.clean_condition.normal_()
+        for layer in (objective.conditioning.to_bottleneck, objective.conditioning.to_film):
+            layer.weight.normal_()
+    shift, scale, bias = objective.conditioning(torch.tensor([0, 3, 700]))
+    assert shift.shape == (3, network.bottleneck_channels)
+    # g(t) - g(0): exactly zero at t = 0, not elsewhere once trained
+    assert torch.equal(shift[0], torch.zeros_like(shift[0])) and shift[1:].abs().sum() > 0
+    assert torch.equal(scale[0], torch.zeros_like(scale[0]))
     network.eval()
     with torch.no_grad():
-        plain = network(crops, heads=False)["features"]
-        conditioned = network(crops, condition=shift, heads=False)["features"]
-    assert torch.allclose(plain, conditioned)
+        plain = network(crops, heads=False)["features"]  # what fine-tuning computes
+        at_zero = network(crops, condition=network.clean_condition[None] + shift[:1],
+                          heads=False)["features"]
+        at_700 = network(crops, condition=network.clean_condition[None] + shift[2:],
+                         heads=False)["features"]
+    assert torch.allclose(plain, at_zero)
+    assert not torch.allclose(plain, at_700)

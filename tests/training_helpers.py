@@ -20,8 +20,9 @@ SWIN_SHAPE = (32, 64, 32)  # smallest crop SwinUNETR trains on
 # small pretext modules so that a few dozen steps fit in seconds on two cores
 TINY_OPTIONS = {
     "reconstruction": {"block_size": 4},
-    "contrastive": {"hidden_dim": 64, "projection_dim": 32, "rotate_degrees": 0.0, "scale": 0.0,
-                    "noise_std": 0.01, "dropout_holes": 0, "temperature": 0.5},
+    # a fast-moving key encoder: tests train for a few dozen steps, not thousands
+    "contrastive": {"hidden_dim": 64, "projection_dim": 32, "block_size": 4, "queue_size": 16,
+                    "momentum": 0.9, "temperature": 0.5},
     "adversarial": {"discriminator_channels": 8, "discriminator_layers": 2, "block_size": 4},
     "diffusion": {"embedding_dim": 32},
 }

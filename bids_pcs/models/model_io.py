@@ -209,7 +209,10 @@ def load_pretrained(network: PcsNetwork, model_dir: str | os.PathLike[str],
     Every tensor of those parts must be present with the same shape, otherwise
     nothing is copied and :class:`ModelFileError` says why; the architecture
     hyper-parameters must agree as well (the crop shape may differ only where
-    the architecture allows, so it is not compared here).
+    the architecture allows, so it is not compared here).  The saved model's
+    :class:`~bids_pcs.models.network.InputConditioning` (input scaling,
+    clean-image condition) is adopted first: how the backbone reads its input
+    is part of what transfers.
 
     Args:
         network: a freshly built network (for fine-tuning).
@@ -229,6 +232,7 @@ def load_pretrained(network: PcsNetwork, model_dir: str | os.PathLike[str],
                 f"The model in {model_dir} has {key} {getattr(saved, key)!r} but this run's "
                 f"network has {getattr(mine, key)!r}; use a recipe with the same [model] section."
             )
+    network.set_input_conditioning(saved.input_conditioning)
     prefixes = tuple(f"{part}." for part in parts)
     own = network.state_dict()
     wanted = [name for name in own if name.startswith(prefixes)]

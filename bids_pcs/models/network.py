@@ -19,17 +19,26 @@ fine-tuning strategies choose from:
 Pre-training objectives never touch ``heads``: they read ``features`` and
 ``bottleneck`` through their own pretext heads, which they own and which are
 not part of this module, so every pre-trained ``encoder``/``decoder`` weight
-transfers to fine-tuning unchanged.  A diffusion timestep (or any other
-per-sample conditioning) enters through the ``condition`` argument of
-:meth:`PcsNetwork.forward`, a vector added to the bottleneck: the conditioning
-module belongs to the objective, so the network's weights stay the same with or
-without it.
+transfers to fine-tuning unchanged.
+
+How the backbone reads its input is part of the model, not of the code that
+feeds it (:class:`InputConditioning`, recorded in ``model.json`` with the
+architecture): an intensity affine applied to every input crop (diffusion
+pre-training learns on crops scaled to [-1, 1]) and, optionally, a learned
+*clean-image condition*, a vector added to the bottleneck whenever no explicit
+``condition`` is given (diffusion's timestep conditioning at t = 0).  The
+vector is the parameter ``encoder.clean_condition``: it belongs to the encoder
+group, so a strategy that freezes the encoder freezes it too and the transfer
+of the encoder carries it.  Fine-tuning and inference therefore feed a
+pre-trained backbone exactly what it learnt on, whatever the strategy.  A
+per-sample condition (a diffusion timestep) still enters through the
+``condition`` argument of :meth:`PcsNetwork.forward`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -61,6 +70,10 @@ class NetworkSpec:
         in_channels: image channels (1: T1w).
         segmentation_channels: voxel logits (2: background, PCS).
         classification_classes: names of the class logits, in order.
+        input_scale: every input crop is multiplied by this before the encoder.
+        input_offset: and then shifted by this (see :class:`InputConditioning`).
+        clean_condition: the network holds ``encoder.clean_condition``, added to
+            the bottleneck when no explicit condition is given.
     """
 
     architecture: str
@@ -74,6 +87,13 @@ class NetworkSpec:
     in_channels: int = 1
     segmentation_channels: int = SEGMENTATION_CHANNELS
     classification_classes: tuple[str, ...] = PCS_CLASSES
+    input_scale: float = 1.0
+    input_offset: float = 0.0
+    clean_condition: bool = False
+
+    @property
+    def input_conditioning(self) -> InputConditioning:
+        return InputConditioning(self.input_scale, self.input_offset, self.clean_condition)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -83,6 +103,39 @@ class NetworkSpec:
     def from_dict(cls, data: dict[str, Any]) -> NetworkSpec:
         tuples = ("depths", "num_heads", "crop_shape", "classification_classes")
         return cls(**{k: tuple(v) if k in tuples else v for k, v in data.items()})
+
+
+@dataclass(frozen=True)
+class InputConditioning:
+    """How a backbone reads its input: an intensity affine and an optional clean-image condition.
+
+    The default (scale 1, offset 0, no condition) is the plain network.  A
+    pre-training objective that trains the backbone on other inputs declares it
+    (``network.set_input_conditioning(...)`` in its ``setup``); the conditioning
+    is then saved with the model and applied by the network itself at
+    fine-tuning and inference.
+
+    Args:
+        scale: multiplies the normalised crop (diffusion: 2).
+        offset: added after scaling (diffusion: -1, so [0, 1] becomes [-1, 1]).
+        clean_condition: a learned vector (``encoder.clean_condition``) is added
+            to the bottleneck when no explicit ``condition`` is given.
+
+    Example::
+
+        network.set_input_conditioning(InputConditioning(2.0, -1.0, clean_condition=True))
+    """
+
+    scale: float = 1.0
+    offset: float = 0.0
+    clean_condition: bool = False
+
+    @property
+    def is_identity(self) -> bool:
+        return self.scale == 1.0 and self.offset == 0.0 and not self.clean_condition
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass
@@ -297,6 +350,7 @@ class PcsNetwork(nn.Module):
             self.skip_channels = tuple(size * 2**i for i in range(CnnEncoder.levels))
             self.bottleneck_channels = size * 2**CnnEncoder.levels
         self.feature_channels = size
+        self._apply_clean_condition(spec.clean_condition)
         self.heads = nn.ModuleDict(
             {
                 "segmentation": UnetOutBlock(3, size, spec.segmentation_channels),
@@ -315,9 +369,11 @@ class PcsNetwork(nn.Module):
         """Run the network.
 
         Args:
-            image: crops, shape (B, 1, *crop_shape), intensity-normalised.
+            image: crops, shape (B, 1, *crop_shape), intensity-normalised (the
+                network applies its own :class:`InputConditioning`).
             condition: optional (B, bottleneck_channels) vector added to the
-                bottleneck before decoding (a diffusion timestep embedding).
+                bottleneck before decoding (a diffusion timestep embedding); it
+                replaces the clean-image condition when the network has one.
             heads: compute the task heads; pre-training objectives pass False.
 
         Returns:
@@ -325,17 +381,77 @@ class PcsNetwork(nn.Module):
             ``segmentation`` (B, 2, *crop_shape) and ``classification`` (B, 3)
             logits when ``heads`` is true.
         """
-        encoded = self.encoder(image)
-        if condition is not None:
-            # broadcast the per-sample vector over the bottleneck's voxels
-            shift = condition.to(encoded.bottleneck.dtype)[:, :, None, None, None]
-            encoded = EncoderOutput(encoded.skips, encoded.bottleneck + shift)
+        encoded = self.encode(image, condition)
         features = self.decoder(encoded)
         out = {"features": features, "bottleneck": encoded.bottleneck}
         if heads:
             out["segmentation"] = self.heads["segmentation"](features)
             out["classification"] = self.heads["classification"](encoded.bottleneck)
         return out
+
+    def encode(self, image: torch.Tensor, condition: torch.Tensor | None = None,
+               ) -> EncoderOutput:
+        """The encoder's skips and (conditioned) bottleneck for ``image`` in crop units.
+
+        ``network.decoder(network.encode(image))`` is the ``features`` of
+        :meth:`forward`; objectives that need the skips call the two halves.
+        """
+        encoded = self.encoder(self.scale_input(image))
+        if condition is None:
+            condition = self.clean_condition
+            if condition is not None:
+                condition = condition[None]
+        if condition is not None:
+            # broadcast the per-sample vector over the bottleneck's voxels
+            shift = condition.to(encoded.bottleneck.dtype)[:, :, None, None, None]
+            encoded = EncoderOutput(encoded.skips, encoded.bottleneck + shift)
+        return encoded
+
+    # ------------------------------------------------------------ input conditioning
+    @property
+    def input_conditioning(self) -> InputConditioning:
+        return self.spec.input_conditioning
+
+    @property
+    def clean_condition(self) -> torch.Tensor | None:
+        """The learned clean-image condition (bottleneck_channels,), or ``None``."""
+        return getattr(self.encoder, "clean_condition", None)
+
+    def scale_input(self, image: torch.Tensor) -> torch.Tensor:
+        """``image`` (crop units) as the encoder sees it."""
+        spec = self.spec
+        if spec.input_scale == 1.0 and spec.input_offset == 0.0:
+            return image
+        return image * spec.input_scale + spec.input_offset
+
+    def unscale_input(self, scaled: torch.Tensor) -> torch.Tensor:
+        """The crop-unit image that :meth:`scale_input` maps to ``scaled``."""
+        spec = self.spec
+        if spec.input_scale == 1.0 and spec.input_offset == 0.0:
+            return scaled
+        return (scaled - spec.input_offset) / spec.input_scale
+
+    def set_input_conditioning(self, conditioning: InputConditioning) -> None:
+        """Adopt ``conditioning`` (recorded in :attr:`spec`, hence in ``model.json``).
+
+        A new clean-image condition starts at zero, so the network computes
+        what it computed before; one dropped is removed with its parameter.
+        """
+        if conditioning.scale == 0:
+            raise RecipeError("An input scale of 0 would erase every crop.")
+        self.spec = replace(self.spec, input_scale=float(conditioning.scale),
+                            input_offset=float(conditioning.offset),
+                            clean_condition=bool(conditioning.clean_condition))
+        self._apply_clean_condition(conditioning.clean_condition)
+
+    def _apply_clean_condition(self, wanted: bool) -> None:
+        present = self.clean_condition is not None
+        if wanted and not present:
+            reference = next(self.encoder.parameters())
+            self.encoder.clean_condition = nn.Parameter(torch.zeros(
+                self.bottleneck_channels, device=reference.device, dtype=reference.dtype))
+        elif present and not wanted:
+            del self.encoder.clean_condition
 
     def parameter_groups(self) -> dict[str, list[str]]:
         """Parameter names per group (``encoder``, ``decoder``, ``heads``)."""

@@ -2,12 +2,26 @@
 
 A crop scaled to [-1, 1] is noised to a random timestep with MONAI's
 ``DDPMScheduler`` (1000 training steps); the backbone, told the timestep,
-predicts the noise (MSE).  The timestep reaches the backbone without changing
-it: a sinusoidal embedding and a small MLP, owned by this objective, produce
-(a) a vector added to the bottleneck through ``network(..., condition=...)``
-and (b) a FiLM scale and shift of the decoder's features before the pretext
-head.  The network's own weights and names are those of every other method, so
-the pre-trained backbone transfers as is.
+predicts the noise (MSE).
+
+What fine-tuning inherits is made to match what the backbone learnt on:
+
+- the [-1, 1] scaling (``2x - 1``) is the network's own
+  :class:`~bids_pcs.models.network.InputConditioning` (set in :meth:`setup`,
+  saved in ``model.json``), so fine-tuning and inference feed the encoder
+  ``2x - 1`` too, without any special case in their code;
+- the timestep reaches the backbone as a vector added to the bottleneck,
+  ``clean + delta(t)``: ``clean`` is the network's parameter
+  ``encoder.clean_condition`` and ``delta(t) = g(t) - g(0)`` comes from a
+  sinusoidal embedding and a small MLP ``g`` owned by this objective, so at
+  t = 0 (a clean crop) the bottleneck gets exactly ``clean``, the vector the
+  network adds by itself whenever it is given no condition.  A clean crop at
+  fine-tuning is thus decoded with the t = 0 conditioning it was trained with,
+  and since the vector lives in the encoder group, the top, decoder and LoRA
+  strategies keep it frozen with the encoder;
+- a FiLM scale and shift of the decoder's features (``1 + a(t) - a(0)``,
+  ``b(t) - b(0)``) feeds the pretext head only; it is the identity at t = 0, so
+  the features the task heads read are those the decoder produced in training.
 """
 
 from __future__ import annotations
@@ -19,6 +33,7 @@ import torch
 from monai.networks.schedulers import DDPMScheduler
 from torch import nn
 
+from bids_pcs.models.network import InputConditioning
 from bids_pcs.pretraining.base import PretextHead, register
 from bids_pcs.training.objective import Batch, Objective
 
@@ -37,10 +52,12 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
 
 
 class TimestepConditioning(nn.Module):
-    """Timestep -> (bottleneck shift, feature scale, feature shift), outside the backbone.
+    """Timestep -> (bottleneck shift, feature scale, feature shift), relative to t = 0.
 
-    The output layers start at zero, so at initialisation the backbone behaves
-    exactly as without conditioning.
+    Each output is ``g(t) - g(0)``, so every one is exactly zero at t = 0 (the
+    clean-image condition is the network's own, see the module docstring), and
+    the output layers start at zero, so at initialisation the backbone behaves
+    exactly as without conditioning at every t.
 
     Args:
         embedding_dim: size of the sinusoidal embedding.
@@ -67,9 +84,13 @@ class TimestepConditioning(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        hidden = self.mlp(timestep_embedding(timesteps, self.embedding_dim))
-        scale, shift = self.to_film(hidden).chunk(2, dim=1)
-        return self.to_bottleneck(hidden), scale, shift
+        steps = torch.cat([timesteps.new_zeros(1), timesteps])
+        hidden = self.mlp(timestep_embedding(steps, self.embedding_dim))
+        bottleneck = self.to_bottleneck(hidden)
+        film = self.to_film(hidden)
+        bottleneck, film = bottleneck[1:] - bottleneck[:1], film[1:] - film[:1]
+        scale, shift = film.chunk(2, dim=1)
+        return bottleneck, scale, shift
 
 
 @register
@@ -95,7 +116,12 @@ class Diffusion(Objective):
         "embedding_dim": 128,
     }
 
+    # crops are normalised to about [0, 1]; DDPM's noise schedule assumes [-1, 1]
+    input_conditioning: ClassVar[InputConditioning] = InputConditioning(
+        scale=2.0, offset=-1.0, clean_condition=True)
+
     def setup(self, network: nn.Module) -> None:
+        network.set_input_conditioning(self.input_conditioning)
         self.scheduler = DDPMScheduler(num_train_timesteps=int(self.options["num_train_timesteps"]),
                                        schedule=str(self.options["schedule"]))
         self.conditioning = TimestepConditioning(int(self.options["embedding_dim"]),
@@ -105,15 +131,18 @@ class Diffusion(Objective):
 
     def predict_noise(self, noisy: torch.Tensor, timesteps: torch.Tensor,
                       network: nn.Module) -> torch.Tensor:
-        """The backbone's estimate of the noise in ``noisy`` at ``timesteps``."""
-        shift, scale, bias = self.conditioning(timesteps)
-        features = network(noisy, condition=shift, heads=False)["features"]
+        """The backbone's estimate of the noise in ``noisy`` (scaled units) at ``timesteps``."""
+        delta, scale, bias = self.conditioning(timesteps)
+        condition = network.clean_condition[None] + delta
+        # the network scales its input itself: hand it the crop-unit image
+        features = network(network.unscale_input(noisy), condition=condition,
+                           heads=False)["features"]
         features = features * (1 + scale[:, :, None, None, None].to(features.dtype)) \
             + bias[:, :, None, None, None].to(features.dtype)
         return self.head(features)
 
     def losses(self, batch: Batch, network: nn.Module, phase: str) -> dict[str, torch.Tensor]:
-        clean = batch["image"] * 2.0 - 1.0  # crops are normalised to about [0, 1]
+        clean = network.scale_input(batch["image"])
         noise = torch.randn_like(clean)
         timesteps = torch.randint(0, self.scheduler.num_train_timesteps, (clean.shape[0],),
                                   device=clean.device)

@@ -1,7 +1,11 @@
-"""Masked-volume reconstruction: hide random 3D blocks, restore the whole crop.
+"""Masked-volume reconstruction: hide random 3D blocks, restore them (a 3D masked auto-encoder).
 
-Loss: L1 plus ``ssim_weight`` x (1 - SSIM) (``monai.losses.SSIMLoss``) between
-the restored crop and the original.
+Loss: L1 plus ``ssim_weight`` x (1 - SSIM) between the restored and the
+original crop, **over the hidden voxels**
+(:func:`~bids_pcs.pretraining.losses.masked_restoration_loss`): the network's
+full-resolution skip connection can copy every visible voxel, so a loss over
+the whole crop would be about half trivial.  SSIM uses a separable Gaussian
+window (:class:`~bids_pcs.pretraining.losses.SeparableSSIM`).
 """
 
 from __future__ import annotations
@@ -9,11 +13,11 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from monai.losses import SSIMLoss
 from torch import nn
 
 from bids_pcs.pretraining.base import PretextHead, check_unit_interval, random_block_mask, register
-from bids_pcs.training.objective import Batch, Objective, float32
+from bids_pcs.pretraining.losses import SeparableSSIM, masked_restoration_loss
+from bids_pcs.training.objective import Batch, Objective
 
 
 @register
@@ -25,7 +29,9 @@ class Reconstruction(Objective):
         block_size: side of a hidden block in voxels.
         ssim_weight: weight of the SSIM term next to L1.
         data_range: intensity range of the normalised crops (for SSIM).
-        ssim_window: SSIM window side in voxels.
+        ssim_window: SSIM window side in voxels (Gaussian, sigma 1.5 voxels).
+        visible_weight: weight of a visible voxel in the loss relative to a
+            hidden one (0: the loss sees the hidden voxels only).
 
     Example::
 
@@ -41,22 +47,22 @@ class Reconstruction(Objective):
         "ssim_weight": 1.0,
         "data_range": 1.0,
         "ssim_window": 7,
+        "visible_weight": 0.0,
     }
 
     def setup(self, network: nn.Module) -> None:
         check_unit_interval("reconstruction.mask_ratio", self.options["mask_ratio"])
+        check_unit_interval("reconstruction.visible_weight", self.options["visible_weight"])
         self.head = PretextHead(network.feature_channels)
-        self.ssim = SSIMLoss(spatial_dims=3, data_range=float(self.options["data_range"]),
-                             win_size=int(self.options["ssim_window"]))
+        self.ssim = SeparableSSIM(window=int(self.options["ssim_window"]),
+                                  data_range=float(self.options["data_range"]))
 
     def losses(self, batch: Batch, network: nn.Module, phase: str) -> dict[str, torch.Tensor]:
         image = batch["image"]
         hidden = random_block_mask(image.shape, int(self.options["block_size"]),
                                    float(self.options["mask_ratio"]), image.device)
         masked = image.masked_fill(hidden, 0.0)
-        restored = self.head(network(masked, heads=False)["features"]).float()
-        l1 = nn.functional.l1_loss(restored, image)
-        with float32(image.device):
-            ssim = self.ssim(restored, image.float())
-        loss = l1 + float(self.options["ssim_weight"]) * ssim
-        return {"loss": loss, "l1": l1.detach(), "ssim": ssim.detach()}
+        restored = self.head(network(masked, heads=False)["features"])
+        return masked_restoration_loss(restored, image, hidden, self.ssim,
+                                       ssim_weight=float(self.options["ssim_weight"]),
+                                       visible_weight=float(self.options["visible_weight"]))

@@ -234,8 +234,8 @@ class Engine:
                 # several phases (or a partial forward) leave some parameters unused per pass
                 find_unused_parameters=len(self.phases) > 1
                 or bool(getattr(objective, "find_unused_parameters", False)),
-                # buffers are constants or per-process statistics (the contrastive
-                # projection's batch norm): synchronised at start, not at every forward
+                # buffers are constants or updated alike on every process from
+                # gathered values (the contrastive queue): synchronised at start only
                 **_NO_BUFFER_SYNC,
             )
 
