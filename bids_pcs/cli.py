@@ -218,8 +218,10 @@ def cli(**options: Any) -> None:
     """
     ctx = click.get_current_context()
     try:
-        settings = build_settings(options)
         check_level_options(options)
+        options["recipe_given"] = (ctx.get_parameter_source("recipe")
+                                   is not click.core.ParameterSource.DEFAULT)
+        settings = build_settings(options)
         _execute(settings)
     except click.UsageError:
         raise
@@ -283,7 +285,13 @@ def check_level_options(options: dict[str, Any]) -> None:
 
 
 def build_settings(options: dict[str, Any]):
-    """Settings of this run: the recipe, then --set values, then the run's own options."""
+    """Settings of this run: the recipe, then --set values, then the run's own options.
+
+    With ``participant --model`` and no ``--recipe``, the model's recipe is the
+    base and its template, crop, registration, intensity and label sections
+    come from its card (:mod:`bids_pcs.models.recipe`); ``--set`` still wins,
+    and a value the model cannot work with is refused in one sentence.
+    """
     from bids_pcs.config import load_settings
 
     bids_dir = options["bids_dir"].expanduser().absolute()
@@ -297,6 +305,20 @@ def build_settings(options: dict[str, Any]):
 
     check_labels(options)
     overrides = parse_overrides(options["overrides"])
+    recipe = options["recipe"]
+    recipe_given = options.get("recipe_given", recipe != "default")
+    card = model_dir = None
+    if options.get("model"):
+        from bids_pcs.models.card import model_dir_of, read_model_card
+
+        # a missing or foreign model fails now, before any dataset is indexed
+        given = Path(options["model"]).expanduser().absolute()
+        if not given.exists():
+            raise UsageError(f"Model directory {given} does not exist; give --model the "
+                             "folder that holds model.json and model.safetensors (or its "
+                             "model.json).")
+        model_dir = model_dir_of(given)
+        card = read_model_card(model_dir)
     run = {
         "bids_dir": str(bids_dir),
         "output_dir": str(output_dir),
@@ -312,7 +334,7 @@ def build_settings(options: dict[str, Any]):
         "seed": options["seed"],
         "skip_bids_validation": options["skip_bids_validation"],
         "verbose": options["verbose"],
-        "model": str(Path(options["model"]).absolute()) if options["model"] else "",
+        "model": str(model_dir) if model_dir else "",
         "init": _init_value(options["init"]),
         "labels": str(Path(options["labels"]).absolute()) if options["labels"] else "",
         "resume": options["resume"],
@@ -327,7 +349,32 @@ def build_settings(options: dict[str, Any]):
         overrides.setdefault("study", {})["methods"] = list(options["methods"])
     if options["strategies"]:
         overrides.setdefault("study", {})["strategies"] = list(options["strategies"])
-    return load_settings(options["recipe"], overrides)
+    if card is None:
+        return load_settings(recipe, overrides)
+    return _settings_for_model(card, model_dir, recipe, recipe_given, overrides,
+                               parse_overrides(options["overrides"]))
+
+
+def _settings_for_model(card: dict[str, Any], model_dir: Path, recipe: str, recipe_given: bool,
+                        overrides: dict[str, Any], user_sets: dict[str, Any]):
+    """The run's settings with the model's recipe under the command line's (see build_settings)."""
+    from bids_pcs.config import available_recipes, deep_update, load_settings
+    from bids_pcs.models import recipe as model_recipe
+
+    if not recipe_given:
+        named = model_recipe.recipe_name(card)
+        if named and (named in available_recipes() or Path(named).is_file()):
+            recipe = named
+        overrides = deep_update(model_recipe.model_overrides(card), overrides)
+    settings = load_settings(recipe, overrides)
+    conflict = model_recipe.first_conflict(card, settings.to_dict())
+    if conflict is not None:
+        if conflict.key in (user_sets.get(conflict.section) or {}):
+            source = f"--set {conflict.section}.{conflict.key}"
+        else:
+            source = f"--recipe {recipe}" if recipe_given else "this run"
+        raise UsageError(model_recipe.conflict_sentence(conflict, model_dir, source))
+    return settings
 
 
 def check_labels(options: dict[str, Any]) -> None:

@@ -338,6 +338,11 @@ def dump_settings_toml(settings: Settings) -> str:
     return tomli_w.dumps(_drop_empty(settings.to_dict()))
 
 
+def deep_update(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` applied table by table (recipe nesting), neither modified."""
+    return _deep_update(base, changes)
+
+
 def _deep_update(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in changes.items():

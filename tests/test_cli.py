@@ -296,6 +296,16 @@ def test_run_leaves_log_and_config_dump(bids_examples, tmp_path):
     assert "sub-01_T1w.nii.gz" in logs[0].read_text()
 
 
+def _options(tmp_path, **changes):
+    """The option values click hands to build_settings (a finetune run by default)."""
+    return {**dict(bids_dir=tmp_path, output_dir=tmp_path / "out", analysis_level="finetune",
+                   work_dir=None, participant_label=(), session_label=(), nprocs=1,
+                   omp_nthreads=1, device="cpu", seed=0, skip_bids_validation=True, verbose=0,
+                   recipe="default", overrides=(), model=None, method=None, init="scratch",
+                   strategy=None, labels=None, methods=(), strategies=(), model_name=None,
+                   resume=False), **changes}
+
+
 def test_seed_seeds_splits_and_training_and_registration_keeps_its_own(tmp_path):
     """What --help says about --seed is what happens (crops are reused across seeds)."""
     from click.testing import CliRunner
@@ -304,13 +314,53 @@ def test_seed_seeds_splits_and_training_and_registration_keeps_its_own(tmp_path)
 
     help_text = " ".join(CliRunner().invoke(cli, ["--help"]).output.split())
     assert "Random seed of splits and training (registration has its own" in help_text
-    options = dict(bids_dir=tmp_path, output_dir=tmp_path / "out", analysis_level="finetune",
-                   work_dir=None, participant_label=(), session_label=(), nprocs=1,
-                   omp_nthreads=1, device="cpu", seed=5, skip_bids_validation=True, verbose=0,
-                   recipe="default", overrides=(), model=None, method=None, init="scratch",
-                   strategy=None, labels=None, methods=(), strategies=(), model_name=None,
-                   resume=False)
+    options = _options(tmp_path, seed=5)
     settings = build_settings(options)
     assert settings.run.seed == 5 and settings.registration.random_seed == 0
     options["overrides"] = ("registration.random_seed=3",)
     assert build_settings(options).registration.random_seed == 3
+
+
+def test_a_missing_model_folder_fails_first_and_without_the_scientific_stack(tmp_path):
+    """Before BIDS_DIR is looked at (it does not exist here) and before torch is imported."""
+    code = (
+        "import sys; from bids_pcs import cli\n"
+        f"try:\n    cli.main([{str(tmp_path / 'raw')!r}, {str(tmp_path / 'out')!r}, "
+        f"'participant', '--model', {str(tmp_path / 'missing')!r}])\n"
+        "except SystemExit as exc:\n    print('EXIT', exc.code)\n"
+        "print('HEAVY', [m for m in ('torch', 'nipype', 'bids', 'ants') if m in sys.modules])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=60)
+    assert "EXIT 2" in done.stdout and "HEAVY []" in done.stdout  # a usage error
+    assert f"Model directory {tmp_path / 'missing'} does not exist" in done.stderr
+    assert "BIDS" not in done.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.bad_input("model:--recipe that contradicts the model")
+def test_a_recipe_that_contradicts_the_model_is_one_sentence_with_both_values(tmp_path):
+    from bids_pcs.config import load_settings
+    from bids_pcs.models.model_io import model_card, save_model
+    from bids_pcs.models.network import build_network
+
+    settings = load_settings("tiny-cpu-2mm")
+    network = build_network(settings.model, settings.crop.shape_vox, settings.labels.classes)
+    model_dir = save_model(tmp_path / "m", network, model_card(
+        settings, network, stage="finetune", method="scratch", strategy="full"))
+    result = run_cli(tmp_path / "raw", tmp_path / "out", "participant", "--model", model_dir,
+                     "--recipe", "default")
+    assert result.returncode == 2  # a usage error: two options that contradict each other
+    (line,) = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert line.startswith(f"bids_pcs: error: The model in {model_dir} was trained with [crop] ")
+    assert "voxel_mm = 2 but --recipe default gives 1" in line
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+    # told nothing else, the run takes the model's recipe and settings
+    from bids_pcs.cli import build_settings
+    from bids_pcs.errors import UsageError
+
+    options = {**_options(tmp_path), "analysis_level": "participant", "model": model_dir,
+               "init": None}
+    assert build_settings(options).crop == settings.crop
+    options["overrides"] = ("crop.voxel_mm=1.0",)
+    with pytest.raises(UsageError, match=r"voxel_mm = 2 but --set crop.voxel_mm gives 1"):
+        build_settings(options)

@@ -99,6 +99,26 @@ def test_decoder_finetuning_from_a_pretrained_model_keeps_its_encoder(tmp_path, 
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
 
 
+def test_the_init_model_is_hashed_and_read_once(tmp_path, pretrained_dir, monkeypatch):
+    """What the finetune level does: open_init before any work, then finetune() from it."""
+    from bids_pcs.finetuning import open_init
+    from bids_pcs.models import tensor_file
+
+    model_dir, pretrained = pretrained_dir
+    hashed = []
+    real = tensor_file.sha256_file
+    monkeypatch.setattr(tensor_file, "sha256_file", lambda p: hashed.append(p) or real(p))
+    settings = tiny_settings(strategy="top", epochs=1)
+    init = open_init(settings, model_dir)
+    data = labelled_crops(4)
+    result = finetune(settings, data, None, init, progress=False)
+    assert [path.name for path in hashed] == ["model.safetensors"]
+    assert result.init.method == "contrastive"
+    theirs = pretrained.state_dict()
+    assert all(torch.equal(result.network.state_dict()[k], theirs[k])
+               for k in _part(theirs, "encoder"))
+
+
 def test_a_resumed_finished_run_gives_back_the_kept_epoch(tmp_path):
     data = labelled_crops(8)
     train, validation = split_by_participant(data, 0.25, seed=1)

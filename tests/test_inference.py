@@ -112,6 +112,38 @@ def test_participant_with_a_model_writes_valid_derivatives(demo, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_demo_model_serves_participant_without_a_recipe_and_is_loaded_once(
+        demo, tmp_path, monkeypatch):
+    """--model .../model.json alone: crops, template, preprocessing come from the model."""
+    import tomllib
+
+    from click.testing import CliRunner
+
+    from bids_pcs.cli import cli
+    from bids_pcs.models import tensor_file
+
+    output_dir = copy_outputs(demo, tmp_path / "out")
+    label = demo.trained[1]
+    (image,) = collect_t1w(demo.raw_dir, [label])
+    hashed = []
+    real = tensor_file.sha256_file
+    monkeypatch.setattr(tensor_file, "sha256_file", lambda p: hashed.append(p) or real(p))
+    done = CliRunner().invoke(cli, [
+        str(demo.raw_dir), str(output_dir), "participant", "--participant-label", label,
+        "--model", str(demo.model_dir / "model.json"), "--skip-bids-validation",
+        "--device", "cpu", "--omp-nthreads", "2", "--nprocs", "1", "-w", str(tmp_path / "w")])
+    assert done.exit_code == 0, done.output[-3000:]
+    assert dseg_path(output_dir, image).is_file()
+    assert [path.name for path in hashed] == ["model.safetensors"]  # hashed and read once
+    (dump,) = (output_dir / "logs").glob("participant_*_config.toml")
+    used = tomllib.loads(dump.read_text())
+    assert used["run"]["recipe"] == RECIPE and used["run"]["model"] == str(demo.model_dir)
+    demo_recipe = load_settings(RECIPE).to_dict()
+    for section in ("template", "crop", "registration", "intensity"):
+        assert used[section] == demo_recipe[section], section
+
+
+@pytest.mark.slow
 def test_a_model_of_another_crop_geometry_is_refused_before_any_work(demo, tmp_path):
     # the same crop shape, but a box moved by 2 mm: the network would run, wrongly
     other = load_settings(RECIPE).replace(crop={"left_min_mm": [-28.0, -16.0, -6.0]})
@@ -123,9 +155,10 @@ def test_a_model_of_another_crop_geometry_is_refused_before_any_work(demo, tmp_p
     label = demo.trained[0]
     (image,) = collect_t1w(demo.raw_dir, [label])
     done = _participant(demo, "--model", model_dir, output_dir=output_dir, label=label)
-    assert done.returncode == 1
+    assert done.returncode == 2  # --recipe demo contradicts the model: a usage error
     message = done.stderr.strip().splitlines()[-1]
-    assert message.startswith("bids_pcs: error:") and "[crop]" in message
+    assert message.startswith("bids_pcs: error:") and "[crop] left_min_mm" in message
+    assert "[-28, -16, -6] but --recipe demo gives [-30, -16, -6]" in message
     assert "recipe it was trained with" in message and "Traceback" not in done.stderr
     assert not dseg_path(output_dir, image).exists()
 

@@ -121,3 +121,50 @@ def test_model_with_another_crop_geometry_does_not_fit_the_run(tmp_path):
     other = _settings().replace(crop={"left_min_mm": [-28.0, -16.0, -6.0]})
     with pytest.raises(ModelFileError, match=r"\[crop\]"):
         check_model_fits(card, other, model_dir)
+
+
+def test_a_card_holds_its_own_architecture_s_settings_and_its_recipe(tmp_path):
+    settings = _settings().replace(run={"recipe": "tiny-cpu"})
+    model_dir, network = _saved(tmp_path, settings=settings)
+    card = read_model_card(model_dir)
+    for section in (card["architecture"], card["hyperparameters"]["model"]):
+        assert section["architecture"] == "cnn" and section["feature_size"] == 4
+        assert not {"num_heads", "window_size", "depths", "use_checkpoint"} & set(section)
+    assert card["recipe"] == {"name": "tiny-cpu",
+                              "registration": settings.to_dict()["registration"]}
+    loaded, _ = load_model(model_dir)  # the spec is complete again without Swin's settings
+    assert loaded.spec == network.spec
+    swin_dir = save_model(tmp_path / "swin", tiny_swin(), model_card(
+        _settings(SWIN_SHAPE, "swinunetr", 12).replace(model={"depths": [1, 1, 1, 1],
+                                                               "window_size": 4}),
+        tiny_swin(), stage="pretrain", method="reconstruction"))
+    swin = read_model_card(swin_dir)
+    assert swin["architecture"]["window_size"] == 4 and swin["architecture"]["num_heads"]
+
+
+def test_the_model_json_file_names_its_model_and_weights_are_read_once(tmp_path, monkeypatch):
+    from bids_pcs.models import model_io, tensor_file
+
+    model_dir, network = _saved(tmp_path)
+    hashed = []
+    real = tensor_file.sha256_file
+    monkeypatch.setattr(tensor_file, "sha256_file", lambda p: hashed.append(p) or real(p))
+    model = model_io.read_model(model_dir / "model.json")  # the card file names the model too
+    assert model.model_dir == model_dir and len(hashed) == 1
+    load_model(model)
+    load_pretrained(tiny_cnn(seed=9), model)
+    assert len(hashed) == 1  # a VerifiedModel is never hashed again
+    with pytest.raises(ModelFileError, match="is not a model card"):
+        model_io.read_model(model_dir / "model.safetensors")
+
+
+def test_a_conflict_with_the_model_is_one_sentence_naming_both_values(tmp_path):
+    model_dir, _ = _saved(tmp_path)
+    card = read_model_card(model_dir)
+    other = _settings().replace(crop={"voxel_mm": 2.0, "size_mm": [32, 64, 64]})
+    with pytest.raises(ModelFileError) as info:
+        check_model_fits(card, other, model_dir)
+    message = str(info.value)
+    assert "[crop] size_mm = [16, 32, 16] but this run gives [32, 64, 64]" in message
+    assert message.count(". ") == 0 and message.endswith(".")
+    assert "{" not in message  # no dump of dictionaries

@@ -20,17 +20,20 @@ from bids_pcs.finetuning.data import (
 from bids_pcs.finetuning.evaluation import CropPredictions, predict_crops, score_predictions
 from bids_pcs.finetuning.strategies import available_strategies, get_strategy
 from bids_pcs.finetuning.train import (
+    SCRATCH,
     FinetuneResult,
     InitSource,
     check_init,
     default_model_name,
     finetune,
     init_network,
+    open_init,
 )
 
 __all__ = [
     "CropInfo", "CropPredictions", "FinetuneResult", "InitSource", "LabelledCrops",
     "available_strategies", "crop_targets", "default_model_name", "finetune", "get_strategy",
-    "check_init", "init_network", "load_labelled_crops", "predict_crops",
+    "SCRATCH", "check_init", "init_network", "load_labelled_crops", "open_init",
+    "predict_crops",
     "score_predictions", "split_by_participant",
 ]

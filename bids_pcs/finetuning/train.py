@@ -34,14 +34,15 @@ from bids_pcs.finetuning.objective import SupervisedObjective
 from bids_pcs.finetuning.plots import plot_validation_curve
 from bids_pcs.finetuning.strategies import get_strategy
 from bids_pcs.models.model_io import (
+    VerifiedModel,
     check_model_fits,
     load_pretrained,
     model_card,
+    read_model,
     read_model_card,
     save_model,
-    verify_weights,
 )
-from bids_pcs.models.network import PcsNetwork, build_network, network_spec
+from bids_pcs.models.network import PcsNetwork, architecture_keys, build_network, network_spec
 from bids_pcs.models.tensor_file import read_tensors
 from bids_pcs.training.distributed import DistContext
 from bids_pcs.training.engine import Engine, TrainConfig, TrainingInterruptedError, TrainResult
@@ -107,39 +108,53 @@ class FinetuneResult:
     model_dir: Path | None = None
 
 
-def check_init(settings: Settings, init: str | os.PathLike[str] | None) -> str:
-    """Check ``init`` before any work and return its method name (``"scratch"`` or the card's).
+def open_init(settings: Settings, init: str | os.PathLike[str] | VerifiedModel | None,
+              ) -> VerifiedModel | None:
+    """Read ``init`` once (digest checked, weights in memory) and check that it fits the run.
+
+    Returns:
+        ``None`` for ``"scratch"``, else the model, to hand to :func:`finetune`
+        so that its weights are neither hashed nor read again.
 
     Raises:
         ModelFileError: no model there, or one made with another template, crop
             geometry, class list or architecture.
     """
-    if not init or str(init) == SCRATCH:
-        return SCRATCH
-    card = verify_weights(init)  # tampered or foreign weights: refused now, not after preprocessing
-    check_model_fits(card, settings, init)
+    if init is None or (not isinstance(init, VerifiedModel) and str(init) in ("", SCRATCH)):
+        return None
+    model = read_model(init)
+    card, where = model.card, model.model_dir
+    check_model_fits(card, settings, where)
     mine = network_spec(settings.model, settings.crop.shape_vox, settings.labels.classes)
     theirs = card.get("architecture") or {}
-    for key in ("architecture", "feature_size", "depths", "num_heads", "window_size"):
+    for key in ("architecture", "feature_size", *architecture_keys(mine.architecture)):
         value = getattr(mine, key)
         if _plain(theirs.get(key)) != _plain(value):
             raise ModelFileError(
-                f"The model in {init} has {key} {theirs.get(key)!r} but this run's network has "
-                f"{value!r}; use the recipe the model was pre-trained with.")
-    return str(card.get("method") or "unknown")
+                f"The model in {where} has [model] {key} {theirs.get(key)!r} but this run's "
+                f"network has {_plain(value)!r}; use the recipe the model was pre-trained with.")
+    return model
+
+
+def check_init(settings: Settings, init: str | os.PathLike[str] | VerifiedModel | None) -> str:
+    """Check ``init`` before any work and return its method name (``"scratch"`` or the card's)."""
+    model = open_init(settings, init)
+    return SCRATCH if model is None else str(model.card.get("method") or "unknown")
 
 
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, list | tuple) else value
 
 
-def init_network(settings: Settings, init: str | os.PathLike[str] | None = SCRATCH,
+def init_network(settings: Settings,
+                 init: str | os.PathLike[str] | VerifiedModel | None = SCRATCH,
                  ) -> tuple[PcsNetwork, InitSource]:
     """A new network seeded with ``settings.run.seed``, its encoder and decoder from ``init``.
 
     Args:
         settings: the run's settings (model, crop, template, labels).
-        init: ``"scratch"`` or a model directory (pre-trained, or fine-tuned).
+        init: ``"scratch"``, a model directory (pre-trained, or fine-tuned), or
+            the model :func:`open_init` returned (then it is not read again).
 
     Raises:
         ModelFileError: the model is missing, tampered with, made with another
@@ -148,12 +163,11 @@ def init_network(settings: Settings, init: str | os.PathLike[str] | None = SCRAT
     """
     torch.manual_seed(settings.run.seed)  # identical initial weights on every process
     network = build_network(settings.model, settings.crop.shape_vox, settings.labels.classes)
-    if not init or str(init) == SCRATCH:
+    model = open_init(settings, init)
+    if model is None:
         return network, InitSource()
-    model_dir = Path(init)
-    check_init(settings, model_dir)
-    card = read_model_card(model_dir)
-    report = load_pretrained(network, model_dir)
+    model_dir, card = model.model_dir, model.card
+    report = load_pretrained(network, model)
     if report.matched_in("encoder") == 0:
         raise ModelFileError(f"The model in {model_dir} holds no encoder weights; give a "
                              "pre-trained model directory.")
@@ -197,7 +211,7 @@ def default_model_name(settings: Settings, init_method: str) -> str:
 
 
 def finetune(settings: Settings, train: LabelledCrops, validation: LabelledCrops | None = None,
-             init: str | os.PathLike[str] | None = SCRATCH, *,
+             init: str | os.PathLike[str] | VerifiedModel | None = SCRATCH, *,
              model_dir: str | os.PathLike[str] | None = None,
              checkpoint_dir: str | os.PathLike[str] | None = None,
              device: torch.device | None = None, context: DistContext | None = None,
@@ -210,7 +224,7 @@ def finetune(settings: Settings, train: LabelledCrops, validation: LabelledCrops
         train: training crops with targets.
         validation: crops scored after every epoch; the epoch with the best
             ``val_score`` is kept.  ``None``: the last epoch is kept.
-        init: ``"scratch"`` or a pre-trained model directory.
+        init: ``"scratch"``, a pre-trained model directory, or :func:`open_init`'s model.
         model_dir: write ``model.safetensors``, ``model.json``, the log and
             the curves there (main process only); ``None``: write nothing.
         checkpoint_dir: per-epoch checkpoints (for ``--resume`` and SIGTERM).

@@ -1,7 +1,8 @@
 """The model of ``participant --model DIR``: checked before any work, loaded without code.
 
-:func:`check_inference_model` runs before preprocessing, so a wrong model costs
-no registration: the card must be a bids_pcs model card, the model must be
+:func:`load_inference_model` runs before preprocessing, so a wrong model costs
+no registration, and its network serves the whole run (the weights are hashed
+and read once): the card must be a bids_pcs model card, the model must be
 fine-tuned (a pre-trained model's heads were never trained), its template, crop
 geometry and class list must be the run's (:func:`~bids_pcs.models.model_io.check_model_fits`),
 and its weights must match the SHA-256 recorded in the card. Weights are read
@@ -9,8 +10,8 @@ from safetensors only (:mod:`bids_pcs.models.model_io`): loading never runs code
 
 Usage::
 
-    card = check_inference_model(settings, "/out/models/finetune-scratch-full")
-    model = load_inference_model(settings, "/out/models/finetune-scratch-full", device)
+    model = load_inference_model(settings, "/out/models/finetune-scratch-full")  # before work
+    results = infer_images(settings, preprocessed, model=model)  # the same network, no reload
     model.network, model.provenance    # provenance: the "Model" entry of every sidecar
 """
 
@@ -27,9 +28,10 @@ from bids_pcs.config import Settings
 from bids_pcs.errors import ModelFileError
 from bids_pcs.models.model_io import (
     CARD_NAME,
+    VerifiedModel,
     check_model_fits,
     load_model,
-    read_model_card,
+    read_model,
 )
 from bids_pcs.models.network import PcsNetwork
 
@@ -68,37 +70,39 @@ def model_provenance(card: dict[str, Any], model_dir: str | os.PathLike[str] | N
     }
 
 
-def check_inference_model(settings: Settings, model_dir: str | os.PathLike[str],
-                          ) -> dict[str, Any]:
-    """Refuse, in one sentence, a model that cannot serve this run; return its card.
+def load_inference_model(settings: Settings,
+                         model: str | os.PathLike[str] | VerifiedModel,
+                         device: torch.device | None = None) -> InferenceModel:
+    """Check and load a fine-tuned model onto ``device``: one SHA-256, one read of the weights.
+
+    Args:
+        settings: the run's settings (template, crop, intensity and classes must
+            be the model's).
+        model: the model folder, its ``model.json``, or a model already read.
+        device: where the network goes (default CPU).
 
     Raises:
         ModelFileError: no model there, a pre-trained (not fine-tuned) model, one
-            made with another template, crop geometry or class list, or weights
-            that do not match their recorded SHA-256.
+            made with another template, crop geometry, intensity normalisation or
+            class list, or weights that do not match their recorded SHA-256.
     """
-    model_dir = Path(model_dir)
-    card = read_model_card(model_dir)
+    verified = read_model(model)
+    card, model_dir = verified.card, verified.model_dir
     if card.get("stage") != "finetune":
         raise ModelFileError(
             f"The model in {model_dir} is a {card.get('stage')!r} model, not a fine-tuned one "
             "(its segmentation and classification heads are untrained); fine-tune it first "
             "(bids_pcs ... finetune --init) and pass that model to --model.")
     check_model_fits(card, settings, model_dir)
-    # a strict load now (digest, architecture against weights, class list)
-    # costs a second and spares a run that would fail after preprocessing
-    network, _ = load_model(model_dir, torch.device("cpu"))
+    network, _ = load_model(verified, device or torch.device("cpu"))
     _check_classes(network, settings, model_dir)
-    return card
-
-
-def load_inference_model(settings: Settings, model_dir: str | os.PathLike[str],
-                         device: torch.device | None = None) -> InferenceModel:
-    """Check (:func:`check_inference_model`) and load a fine-tuned model onto ``device``."""
-    model_dir = Path(model_dir)
-    check_inference_model(settings, model_dir)
-    network, card = load_model(model_dir, device or torch.device("cpu"))
     return InferenceModel(network=network, card=card, model_dir=model_dir)
+
+
+def check_inference_model(settings: Settings, model: str | os.PathLike[str],
+                          ) -> dict[str, Any]:
+    """:func:`load_inference_model`'s checks alone; returns the card (the network is dropped)."""
+    return load_inference_model(settings, model).card
 
 
 def _check_classes(network: PcsNetwork, settings: Settings, model_dir: Path) -> None:

@@ -39,11 +39,12 @@ import torch
 from bids_pcs.config import Settings
 from bids_pcs.errors import InputDataError
 from bids_pcs.finetuning import (
-    check_init,
+    SCRATCH,
     default_model_name,
     finetune,
     get_strategy,
     load_labelled_crops,
+    open_init,
     split_by_participant,
 )
 from bids_pcs.levels.training_inputs import collect_labelled
@@ -71,7 +72,9 @@ def _finetune(settings: Settings, context: DistContext, device: torch.device) ->
     if not run_settings.labels:
         raise InputDataError("finetune needs --labels LABELS_DIR (a PCS label dataset).")
     get_strategy(settings.finetune.strategy, settings.finetune)  # refuse a bad name early
-    method = check_init(settings, run_settings.init)
+    # read and checked once, before any work; the same weights seed the network
+    init = open_init(settings, run_settings.init)
+    method = SCRATCH if init is None else str(init.card.get("method") or "unknown")
     model_dir = model_dir_of(settings, method)
     checkpoint_dir = (Path(run_settings.work_dir) / "finetune" / model_dir.name
                       if run_settings.work_dir else model_dir / ".checkpoint")
@@ -84,7 +87,8 @@ def _finetune(settings: Settings, context: DistContext, device: torch.device) ->
                 settings.finetune.strategy, method, len(train.participants),
                 len(validation.participants) if validation is not None else 0)
     result = finetune(
-        settings, train, validation, run_settings.init, model_dir=model_dir,
+        settings, train, validation, init if init is not None else SCRATCH,
+        model_dir=model_dir,
         checkpoint_dir=checkpoint_dir, device=device, context=context,
         data_summary={"dataset": Path(run_settings.bids_dir).name,
                       "labels_dataset": Path(run_settings.labels).name,

@@ -16,25 +16,29 @@ run ends with one error naming each failed image (exit 1).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bids_pcs.config import Settings
 from bids_pcs.io.bids_input import collect_t1w
 from bids_pcs.preprocess import PreprocessedImage, PreprocessingError, preprocess_images
+
+if TYPE_CHECKING:
+    from bids_pcs.inference.model import InferenceModel
 
 LOGGER = logging.getLogger("bids_pcs.participant")
 
 
 def run(settings: Settings) -> None:
     """Run the participant level; OUTPUT_DIR is initialised and logging set up by the CLI."""
+    model = None
     if settings.run.model:
-        from bids_pcs.inference import check_inference_model
+        from bids_pcs.inference import load_inference_model
 
-        # fail before preprocessing, not after it
-        check_inference_model(settings, settings.run.model)
+        # fail before preprocessing, not after it; the same network serves every image
+        model = load_inference_model(settings, settings.run.model)
     images = collect_t1w(Path(settings.run.bids_dir), settings.run.participant_label,
                          settings.run.session_label)
     LOGGER.info("participant level: %d T1w image(s)", len(images))
@@ -50,33 +54,29 @@ def run(settings: Settings) -> None:
                 f" ({', '.join(qc_failed)})" if qc_failed else "",
                 f"; {len(unusable.failed)} could not be preprocessed "
                 f"({', '.join(unusable.failed)})" if unusable else "")
-    if settings.run.model and preprocessed:
-        infer(settings, preprocessed)
-    _write_citation(settings)
+    if model is not None and preprocessed:
+        infer(settings, preprocessed, model)
+    _write_citation(settings, model)
     if unusable is not None:
         raise unusable
 
 
-def _write_citation(settings: Settings) -> None:
+def _write_citation(settings: Settings, model: InferenceModel | None = None) -> None:
     """``logs/CITATION.md``: the methods boilerplate of this run (see reports.boilerplate)."""
     from bids_pcs.reports.boilerplate import methods_from_settings, write_citation
 
-    card = model = None
-    if settings.run.model:
-        from bids_pcs.inference.model import model_provenance
-
-        try:
-            card = json.loads((Path(settings.run.model) / "model.json").read_text())
-            model = model_provenance(card, settings.run.model)
-        except (OSError, ValueError):
-            card = None
+    card = model.card if model is not None else None
+    provenance = model.provenance if model is not None else None
     path = write_citation(Path(settings.run.output_dir),
-                          methods_from_settings(settings, model, card))
+                          methods_from_settings(settings, provenance, card))
     LOGGER.info("Methods boilerplate for papers: %s", path)
 
 
-def infer(settings: Settings, preprocessed: Sequence[PreprocessedImage]) -> None:
+def infer(settings: Settings, preprocessed: Sequence[PreprocessedImage],
+          model: InferenceModel | None = None) -> None:
     """PCS masks, probabilities, classes and reports for images that passed QC (``--model``).
+
+    ``model``: the loaded model (default: load ``settings.run.model``).
 
     Images that failed registration QC are recorded in their result table
     (``qc_passed`` false, values ``n/a``) and in the reports, never predicted.
@@ -84,7 +84,7 @@ def infer(settings: Settings, preprocessed: Sequence[PreprocessedImage]) -> None
     from bids_pcs.inference import infer_images
     from bids_pcs.reports.subject import write_subject_report
 
-    results = infer_images(settings, preprocessed)
+    results = infer_images(settings, preprocessed, model=model)
     output_dir = Path(settings.run.output_dir)
     images = [result.image for result in results]
     for subject in sorted({image.subject for image in images}):

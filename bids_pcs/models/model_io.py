@@ -14,6 +14,9 @@ Usage::
 
     network, card = load_model(model_dir)                  # a complete model
     report = load_pretrained(new_network, model_dir)       # encoder + decoder into a new one
+
+    model = read_model(model_dir)     # digest checked and weights read once, then reused:
+    network, card = load_model(model)  # no second hash
 """
 
 from __future__ import annotations
@@ -31,17 +34,21 @@ from bids_pcs import APP_NAME, CODE_URL, __version__
 from bids_pcs.config import Settings
 from bids_pcs.errors import ModelFileError
 from bids_pcs.io.atomic import write_json
-from bids_pcs.models.network import NetworkSpec, PcsNetwork, build_network_from_spec
-from bids_pcs.models.tensor_file import (
-    read_metadata_json,
-    read_tensors,
-    verify_tensor_file,
-    write_tensors,
+from bids_pcs.models.card import CARD_NAME, FORMAT, WEIGHTS_NAME, model_dir_of, read_model_card
+from bids_pcs.models.network import (
+    NetworkSpec,
+    PcsNetwork,
+    architecture_keys,
+    build_network_from_spec,
+    model_settings_of,
 )
+from bids_pcs.models.recipe import card_recipe, conflict_sentence, first_conflict
+from bids_pcs.models.tensor_file import read_tensors, verify_tensor_file, write_tensors
 
-WEIGHTS_NAME = "model.safetensors"
-CARD_NAME = "model.json"
-FORMAT = "bids_pcs-model-1"
+__all__ = ["CARD_NAME", "FORMAT", "WEIGHTS_NAME", "STAGES", "TRANSFERABLE_PARTS",
+           "TransferReport", "VerifiedModel", "check_model_fits", "load_model",
+           "load_pretrained", "load_weights", "model_card", "read_model", "read_model_card",
+           "save_model", "verify_weights"]
 STAGES = ("pretrain", "finetune")
 TRANSFERABLE_PARTS: tuple[str, ...] = ("encoder", "decoder")
 
@@ -87,7 +94,9 @@ def model_card(
         "method": method,
         "strategy": strategy,
         "architecture": network.spec.to_dict(),
-        "hyperparameters": {"model": plain["model"], stage: plain[stage]},
+        # only the settings of this architecture (a CNN's card has no Swin heads)
+        "hyperparameters": {"model": model_settings_of(plain["model"]), stage: plain[stage]},
+        "recipe": card_recipe(plain, settings.run.recipe),
         "objective": objective or {},
         "template": plain["template"],
         "crop": crop,
@@ -128,23 +137,6 @@ def save_model(model_dir: str | os.PathLike[str], network: torch.nn.Module,
     return model_dir
 
 
-def read_model_card(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """``model.json`` of ``model_dir``, checked to be a bids_pcs model card."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise ModelFileError(f"Model directory {model_dir} does not exist; give the folder that "
-                             f"holds {CARD_NAME} and {WEIGHTS_NAME}.")
-    card = read_metadata_json(model_dir / CARD_NAME)
-    if card.get("format") != FORMAT:
-        raise ModelFileError(f"{model_dir / CARD_NAME} is not a bids_pcs model card "
-                             f"(format {card.get('format')!r}, expected {FORMAT!r}).")
-    weights = card.get("weights", {})
-    if not isinstance(weights, dict) or not weights.get("sha256"):
-        raise ModelFileError(f"{model_dir / CARD_NAME} records no SHA-256 for the weights; "
-                             "the model cannot be verified, so it is refused.")
-    return card
-
-
 def verify_weights(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """The card of ``model_dir`` once its weights are checked (digest, format), not loaded.
 
@@ -157,30 +149,62 @@ def verify_weights(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return card
 
 
-def load_weights(model_dir: str | os.PathLike[str], device: str | torch.device = "cpu",
-                 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The verified weights and the card of ``model_dir``."""
+@dataclass(frozen=True)
+class VerifiedModel:
+    """A model directory read once: its card, and its weights after their SHA-256 matched.
+
+    Pass it wherever a model directory is expected (:func:`load_model`,
+    :func:`load_pretrained`) so that a run hashes and reads the weights once.
+
+    Args:
+        model_dir: the model folder.
+        card: its ``model.json``.
+        tensors: the weights, by name, on the CPU.
+    """
+
+    model_dir: Path
+    card: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+
+
+def read_model(model: str | os.PathLike[str] | VerifiedModel) -> VerifiedModel:
+    """The card and the verified weights of a model folder (or of its ``model.json``)."""
+    if isinstance(model, VerifiedModel):
+        return model
+    model_dir = model_dir_of(model)
     card = read_model_card(model_dir)
     weights = card["weights"]
     name = Path(weights.get("file", WEIGHTS_NAME)).name  # never leave the model directory
-    tensors = read_tensors(Path(model_dir) / name, weights["sha256"], device)
-    return tensors, card
+    tensors = read_tensors(model_dir / name, weights["sha256"], "cpu")
+    return VerifiedModel(model_dir=model_dir, card=card, tensors=tensors)
 
 
-def load_model(model_dir: str | os.PathLike[str], device: str | torch.device = "cpu",
-               ) -> tuple[PcsNetwork, dict[str, Any]]:
-    """Rebuild the network of ``model_dir`` and load every weight (strictly).
+def load_weights(model: str | os.PathLike[str] | VerifiedModel,
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The verified weights and the card of a model."""
+    verified = read_model(model)
+    return verified.tensors, verified.card
+
+
+def load_model(model: str | os.PathLike[str] | VerifiedModel,
+               device: str | torch.device = "cpu") -> tuple[PcsNetwork, dict[str, Any]]:
+    """Rebuild the network of a model and load every weight (strictly).
+
+    Args:
+        model: a model folder, its ``model.json``, or a :class:`VerifiedModel`.
+        device: where the network goes.
 
     Returns:
         The network in eval mode on ``device`` and its card.
     """
-    tensors, card = load_weights(model_dir)
+    verified = read_model(model)
+    card = verified.card
     try:
         network = build_network_from_spec(card["architecture"])
     except (KeyError, TypeError) as exc:
-        raise ModelFileError(f"{Path(model_dir) / CARD_NAME} does not describe a known "
+        raise ModelFileError(f"{verified.model_dir / CARD_NAME} does not describe a known "
                              f"architecture ({exc}).") from exc
-    _load_strict(network, tensors, Path(model_dir))
+    _load_strict(network, verified.tensors, verified.model_dir)
     return network.to(device).eval(), card
 
 
@@ -202,7 +226,7 @@ class TransferReport:
         return sum(1 for name in self.matched if name.startswith(f"{part}."))
 
 
-def load_pretrained(network: PcsNetwork, model_dir: str | os.PathLike[str],
+def load_pretrained(network: PcsNetwork, model_dir: str | os.PathLike[str] | VerifiedModel,
                     parts: Sequence[str] = TRANSFERABLE_PARTS) -> TransferReport:
     """Copy the ``parts`` (default encoder and decoder) of a saved model into ``network``.
 
@@ -216,17 +240,18 @@ def load_pretrained(network: PcsNetwork, model_dir: str | os.PathLike[str],
 
     Args:
         network: a freshly built network (for fine-tuning).
-        model_dir: a pre-trained (or fine-tuned) model directory.
+        model_dir: a pre-trained (or fine-tuned) model directory, or a
+            :class:`VerifiedModel` already read.
         parts: top-level submodules to copy.
 
     Returns:
         A :class:`TransferReport`.
     """
-    model_dir = Path(model_dir)
-    tensors, card = load_weights(model_dir)
+    verified = read_model(model_dir)
+    model_dir, tensors, card = verified.model_dir, verified.tensors, verified.card
     saved = NetworkSpec.from_dict(card["architecture"])
     mine = network.spec
-    for key in ("architecture", "feature_size", "depths", "num_heads", "window_size"):
+    for key in ("architecture", "feature_size", *architecture_keys(saved.architecture)):
         if getattr(saved, key) != getattr(mine, key):
             raise ModelFileError(
                 f"The model in {model_dir} has {key} {getattr(saved, key)!r} but this run's "
@@ -252,21 +277,14 @@ def load_pretrained(network: PcsNetwork, model_dir: str | os.PathLike[str],
 
 def check_model_fits(card: dict[str, Any], settings: Settings, model_dir: str | os.PathLike[str],
                      ) -> None:
-    """Refuse a model whose crop geometry, template or label map differ from the run's."""
-    plain = settings.to_dict()
-    expected = {
-        "template": plain["template"],
-        "crop": {**plain["crop"], "shape_vox": list(settings.crop.shape_vox)},
-        "labels": {"classes": plain["labels"]["classes"]},
-    }
-    found = {"template": card.get("template"), "crop": card.get("crop"),
-             "labels": {"classes": (card.get("labels") or {}).get("classes")}}
-    for section, value in expected.items():
-        if found[section] != value:
-            raise ModelFileError(
-                f"The model in {model_dir} was trained with another [{section}] ("
-                f"{found[section]}) than this run ({value}); use the recipe it was trained with."
-            )
+    """Refuse a model whose template, crop geometry, intensity or classes differ from the run's.
+
+    The error is one sentence naming the setting and both values
+    (:func:`bids_pcs.models.recipe.conflict_sentence`).
+    """
+    conflict = first_conflict(card, settings.to_dict())
+    if conflict is not None:
+        raise ModelFileError(conflict_sentence(conflict, model_dir))
 
 
 def _load_strict(network: torch.nn.Module, tensors: dict[str, torch.Tensor],

@@ -53,6 +53,26 @@ SEGMENTATION_CHANNELS = 2  # background, PCS
 _NORM = "instance"
 
 
+# [model] settings that only SwinUNETR reads: a CNN's spec and model card leave them out
+SWIN_ONLY: tuple[str, ...] = ("depths", "num_heads", "window_size", "use_checkpoint")
+# of those, the ones the shapes of the weights depend on
+_SWIN_WEIGHT_KEYS: tuple[str, ...] = ("depths", "num_heads", "window_size")
+
+
+def architecture_keys(architecture: str) -> tuple[str, ...]:
+    """[model] keys, beyond ``feature_size``, that the weights of ``architecture`` depend on."""
+    return _SWIN_WEIGHT_KEYS if architecture == "swinunetr" else ()
+
+
+def model_settings_of(model: ModelSettings | dict[str, Any]) -> dict[str, Any]:
+    """``[model]`` as a plain table holding only the settings its architecture reads."""
+    values = model if isinstance(model, dict) else asdict(model)
+    values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+    if values.get("architecture") == "swinunetr":
+        return values
+    return {k: v for k, v in values.items() if k not in SWIN_ONLY}
+
+
 @dataclass(frozen=True)
 class NetworkSpec:
     """Everything needed to rebuild a network, as written into ``model.json``.
@@ -96,13 +116,18 @@ class NetworkSpec:
         return InputConditioning(self.input_scale, self.input_offset, self.clean_condition)
 
     def to_dict(self) -> dict[str, Any]:
+        """The spec as ``model.json`` records it: only the settings its architecture reads."""
         data = asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()
+                if k not in SWIN_ONLY or self.architecture == "swinunetr"}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NetworkSpec:
         tuples = ("depths", "num_heads", "crop_shape", "classification_classes")
-        return cls(**{k: tuple(v) if k in tuples else v for k, v in data.items()})
+        # a CNN's card leaves SwinUNETR's settings out; they take their (unused) defaults
+        defaults = {k: getattr(ModelSettings(), k) for k in SWIN_ONLY}
+        return cls(**{k: tuple(v) if k in tuples else v
+                      for k, v in {**defaults, **data}.items()})
 
 
 @dataclass(frozen=True)
