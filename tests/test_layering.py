@@ -22,7 +22,9 @@ def _imported(module: str) -> set[str]:
 
 
 @pytest.mark.parametrize("module", ["bids_pcs.io.labels", "bids_pcs.io.derivatives",
-                                    "bids_pcs.morphometry"])
+                                    "bids_pcs.io.nifti", "bids_pcs.morphometry",
+                                    "bids_pcs.splits", "bids_pcs.config",
+                                    "bids_pcs.models.card", "bids_pcs.models.recipe"])
 def test_the_label_reader_and_derivative_paths_import_nothing_from_above(module):
     loaded = _imported(module)
     assert module in loaded
