@@ -199,6 +199,9 @@ class FinetuneSettings:
     lora_rank: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
+    # top/decoder tuning: run the frozen part once and train on its outputs
+    # (bids_pcs.finetuning.frozen_outputs); false recomputes it every epoch
+    cache_frozen: bool = True
 
 
 @dataclass(frozen=True)

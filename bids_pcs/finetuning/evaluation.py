@@ -30,6 +30,7 @@ from torch import nn
 
 from bids_pcs import metrics
 from bids_pcs.finetuning.data import LabelledCrops
+from bids_pcs.finetuning.frozen_outputs import network_outputs
 from bids_pcs.training.data import CropSet
 
 
@@ -60,7 +61,7 @@ def predict_crops(network: nn.Module, crops: CropSet, *, batch_size: int = 2,
         with torch.no_grad():
             for start in range(0, len(crops), batch_size):
                 index = torch.arange(start, min(start + batch_size, len(crops)))
-                out = network(crops.batch(index, device)["image"])
+                out = network_outputs(network, crops.batch(index, device))
                 p_pcs = torch.softmax(out["segmentation"].float(), dim=1)[:, 1]
                 probabilities.append(torch.softmax(out["classification"].float(), dim=1).cpu())
                 masks.append((p_pcs > threshold).cpu())
@@ -101,9 +102,14 @@ def score_predictions(predictions: CropPredictions, labelled: LabelledCrops, *,
 
 def make_evaluator(labelled: LabelledCrops, *, batch_size: int, device: torch.device,
                    threshold: float = 0.5, weights: tuple[float, float] = (0.8, 0.2),
-                   prefix: str = "val_") -> Callable[[nn.Module], dict[str, float]]:
-    """The engine's per-epoch ``evaluate`` hook on ``labelled`` (moved to ``device`` once)."""
-    on_device = labelled.crops.to(device)
+                   prefix: str = "val_", crops: CropSet | None = None,
+                   ) -> Callable[[nn.Module], dict[str, float]]:
+    """The engine's per-epoch ``evaluate`` hook on ``labelled`` (moved to ``device`` once).
+
+    ``crops``: ``labelled.crops`` with the frozen part's kept outputs
+    (:func:`~bids_pcs.finetuning.frozen_outputs.cache_frozen_outputs`), if any.
+    """
+    on_device = (crops if crops is not None else labelled.crops).to(device)
 
     def evaluate(network: nn.Module) -> dict[str, float]:
         predictions = predict_crops(network, on_device, batch_size=batch_size, device=device,

@@ -28,6 +28,7 @@ from monai.losses import DiceCELoss, DiceFocalLoss
 from torch import nn
 
 from bids_pcs.config import FinetuneSettings, RecipeError
+from bids_pcs.finetuning.frozen_outputs import network_outputs
 from bids_pcs.finetuning.strategies import Strategy, frozen_modules
 from bids_pcs.training.objective import Batch, Objective
 
@@ -94,7 +95,8 @@ class SupervisedObjective(Objective):
             # frozen parts must compute exactly what they compute at inference
             for name in self._frozen:
                 network.get_submodule(name).eval()
-        out = network(batch["image"])
+        # top/decoder tuning: the batch may carry the frozen part's kept outputs
+        out = network_outputs(network, batch)
         target = batch["segmentation"].long().unsqueeze(1)
         segmentation = self.segmentation_loss(out["segmentation"].float(), target)
         classification = self.classification_loss(out["classification"].float(),

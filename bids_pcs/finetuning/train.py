@@ -30,6 +30,7 @@ from bids_pcs.config import Settings
 from bids_pcs.errors import ModelFileError
 from bids_pcs.finetuning.data import LabelledCrops
 from bids_pcs.finetuning.evaluation import make_evaluator
+from bids_pcs.finetuning.frozen_outputs import cache_frozen_outputs, frozen_part
 from bids_pcs.finetuning.objective import SupervisedObjective
 from bids_pcs.finetuning.plots import plot_validation_curve
 from bids_pcs.finetuning.strategies import get_strategy
@@ -44,6 +45,7 @@ from bids_pcs.models.model_io import (
 )
 from bids_pcs.models.network import PcsNetwork, architecture_keys, build_network, network_spec
 from bids_pcs.models.tensor_file import read_tensors
+from bids_pcs.training.data import CropSet
 from bids_pcs.training.distributed import DistContext
 from bids_pcs.training.engine import Engine, TrainConfig, TrainingInterruptedError, TrainResult
 from bids_pcs.training.plots import plot_loss_curve
@@ -262,11 +264,14 @@ def finetune(settings: Settings, train: LabelledCrops, validation: LabelledCrops
                 len(train.participants), len(validation) if validation is not None else 0,
                 strategy_summary["trainable_parameters"], strategy_summary["base_parameters"])
     engine = Engine(network, objective, config, device=device, context=context)
+    train_crops, validation_crops = _keep_frozen_outputs(
+        network, objective, train, validation, settings, device, config.mixed_precision)
     weights = (ft.segmentation_weight, ft.classification_weight)
     evaluate = (make_evaluator(validation, batch_size=ft.batch_size, device=device,
-                               threshold=settings.inference.threshold, weights=weights)
+                               threshold=settings.inference.threshold, weights=weights,
+                               crops=validation_crops)
                 if validation is not None else None)
-    result = engine.fit(train.crops, evaluate=evaluate)
+    result = engine.fit(train_crops, evaluate=evaluate)
     if result.interrupted:
         raise TrainingInterruptedError(
             f"Fine-tuning stopped by a signal in epoch {result.epochs_completed + 1}; the "
@@ -305,6 +310,32 @@ def finetune(settings: Settings, train: LabelledCrops, validation: LabelledCrops
         card = read_model_card(model_dir)
     return FinetuneResult(network=plain, card=card, train=result, metrics=best_metrics,
                           strategy=strategy_summary, init=source, model_dir=model_dir)
+
+
+def _keep_frozen_outputs(network: PcsNetwork, objective: SupervisedObjective,
+                         train: LabelledCrops, validation: LabelledCrops | None,
+                         settings: Settings, device: torch.device, mixed_precision: bool,
+                         ) -> tuple[CropSet, CropSet | None]:
+    """Train and validation crops with the frozen part's outputs where they can be kept.
+
+    Top and decoder tuning (:mod:`bids_pcs.finetuning.frozen_outputs`); the
+    crops as they are for full and LoRA tuning, with ``cache_frozen = false``,
+    or when the outputs would not fit in memory.
+    """
+    ft = settings.finetune
+    part = (frozen_part(network, objective.trainable_names(network))
+            if ft.cache_frozen else None)
+    if part is None:
+        return train.crops, validation.crops if validation is not None else None
+    kept = []
+    for labelled in (train, validation):
+        cached = None
+        if labelled is not None:
+            cached = cache_frozen_outputs(network, labelled.crops, part,
+                                          batch_size=ft.batch_size, device=device,
+                                          mixed_precision=mixed_precision)
+        kept.append(cached if cached is not None or labelled is None else labelled.crops)
+    return kept[0], kept[1]
 
 
 def _best_metrics(result: TrainResult) -> dict[str, float]:

@@ -387,8 +387,10 @@ class Engine:
                 row = self._epoch_row(epoch, sums, count, epoch_crops, epoch_started)
                 validation: dict[str, float] = {}
                 if evaluate is not None:
+                    evaluation_started = time.perf_counter()
                     validation = self._evaluate(evaluate)
                     row.update(validation)
+                    row["validation_seconds"] = time.perf_counter() - evaluation_started
                     self._track_best(row, epoch, result)
                 result.history.append(row)
                 self._log_epoch(row, validation, best=result.best_epoch == epoch)
