@@ -288,7 +288,8 @@ def test_run_leaves_log_and_config_dump(bids_examples, tmp_path):
     out = tmp_path / "out"
     run_cli(bids_examples / "ds001", out, "participant", "--skip-bids-validation",
             "--participant-label", "01", "--set", "pretrain.epochs=7")
-    logs = sorted((out / "logs").iterdir())
+    assert (out / "logs" / "CITATION.md").is_file()
+    logs = sorted(p for p in (out / "logs").iterdir() if p.name != "CITATION.md")
     assert [p.suffix for p in logs] == [".log", ".toml"]
     dump = logs[1].read_text()
     assert "epochs = 7" in dump

@@ -169,6 +169,12 @@ def mixed_run(shared_data, tmp_path_factory) -> MixedRun:
                     expected, watched, read_audit(root / "audit" / "log"), allowed, no_network)
 
 
+def _first_run_log(run: MixedRun) -> str:
+    """The log of the fixture's own run (a later test reruns into the same OUTPUT_DIR)."""
+    # names carry the start time, so the earliest sorts first
+    return sorted((run.output_dir / "logs").glob("participant_*.log"))[0].read_text()
+
+
 def _qc(run: MixedRun, label: str) -> dict:
     path = (run.output_dir / f"sub-{label}" / "anat"
             / f"sub-{label}_space-MNI152NLin2009aSym_desc-registration_qc.json")
@@ -195,7 +201,7 @@ def test_bad_images_among_good_ones_are_listed_and_the_good_ones_go_through(mixe
         assert len(list(anat.glob("*desc-medialfrontal?_T1w.nii.gz"))) == 2
         assert len(list(anat.glob("*_xfm.h5"))) == 2
     # each failed image has its full sentence, with the file's path, in the log
-    log = next((mixed_run.output_dir / "logs").glob("participant_*.log")).read_text()
+    log = _first_run_log(mixed_run)
     for label in mixed_run.expected:
         assert f"sub-{label}: " in log
     assert "sub-empty_T1w.nii.gz is an empty file; replace it with a valid NIfTI image." in log
@@ -260,7 +266,7 @@ def test_no_nipype_traceback_reaches_the_console(mixed_run):
         ends = (mixed_run.stderr.count(f"sub-{label}: preprocessing finished")
                 + mixed_run.stderr.count(f"sub-{label}: preprocessing failed"))
         assert ends == 1, label
-    log = next((mixed_run.output_dir / "logs").glob("participant_*.log")).read_text()
+    log = _first_run_log(mixed_run)
     assert "[Node] Finished" in log and "Traceback" in log  # kept where they belong
 
 
