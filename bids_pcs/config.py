@@ -176,6 +176,8 @@ class PretrainSettings:
     batch_size: int = 2  # crops per process and forward pass
     accumulate_steps: int = 1
     learning_rate: float = 2e-4
+    lr_schedule: str = "cosine"  # "cosine" (with linear warm-up) or "constant"
+    warmup_fraction: float = 0.1  # share of the optimiser steps warming up linearly
     weight_decay: float = 1e-5
     mixed_precision: bool = True  # bf16 autocast on CUDA; ignored on CPU
     # per-method hyper-parameters, e.g. {"reconstruction": {"mask_ratio": 0.4}}
@@ -190,7 +192,12 @@ class FinetuneSettings:
     epochs: int = 30
     batch_size: int = 2
     accumulate_steps: int = 1
-    learning_rate: float = 2e-4
+    learning_rate: float = 2e-4  # for a strategy missing from learning_rates
+    # per strategy, e.g. {"top": 3e-3, "full": 1e-3}: frozen-encoder strategies need a
+    # larger step than full tuning (see the recipes and docs/training.md)
+    learning_rates: dict[str, float] = field(default_factory=dict)
+    lr_schedule: str = "cosine"
+    warmup_fraction: float = 0.1
     weight_decay: float = 1e-5
     segmentation_weight: float = 0.8
     classification_weight: float = 0.2
@@ -202,6 +209,10 @@ class FinetuneSettings:
     # top/decoder tuning: run the frozen part once and train on its outputs
     # (bids_pcs.finetuning.frozen_outputs); false recomputes it every epoch
     cache_frozen: bool = True
+
+    def learning_rate_for(self, strategy: str) -> float:
+        """Base rate of ``strategy``: its ``learning_rates`` entry, else ``learning_rate``."""
+        return float(self.learning_rates.get(strategy, self.learning_rate))
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from bids_pcs.config import Settings
+from bids_pcs.config import FinetuneSettings, RecipeError, Settings
 from bids_pcs.errors import ModelFileError
 from bids_pcs.finetuning.data import LabelledCrops
 from bids_pcs.finetuning.evaluation import make_evaluator
@@ -49,6 +49,7 @@ from bids_pcs.training.data import CropSet
 from bids_pcs.training.distributed import DistContext
 from bids_pcs.training.engine import Engine, TrainConfig, TrainingInterruptedError, TrainResult
 from bids_pcs.training.plots import plot_loss_curve
+from bids_pcs.training.schedule import check_schedule
 from bids_pcs.training.summary import CURVE_NAME, LOG_NAME, training_summary
 
 LOGGER = logging.getLogger(__name__)
@@ -142,6 +143,25 @@ def check_init(settings: Settings, init: str | os.PathLike[str] | VerifiedModel 
     """Check ``init`` before any work and return its method name (``"scratch"`` or the card's)."""
     model = open_init(settings, init)
     return SCRATCH if model is None else str(model.card.get("method") or "unknown")
+
+
+def check_learning_rates(ft: FinetuneSettings) -> None:
+    """Refuse ``[finetune] learning_rates`` naming an unknown strategy or a rate <= 0.
+
+    Raises:
+        RecipeError: one sentence naming the key and the valid strategies.
+    """
+    from bids_pcs.finetuning.strategies import available_strategies
+
+    check_schedule("[finetune]", ft.lr_schedule, ft.warmup_fraction)
+    known = available_strategies()
+    for strategy, rate in {**ft.learning_rates, "learning_rate": ft.learning_rate}.items():
+        if strategy != "learning_rate" and strategy not in known:
+            raise RecipeError(f"[finetune.learning_rates] has the unknown strategy {strategy!r}; "
+                              f"use {', '.join(known)}.")
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not rate > 0:
+            raise RecipeError(f"[finetune] learning rate of {strategy} must be a positive "
+                              f"number, not {rate!r}.")
 
 
 def _plain(value: Any) -> Any:
@@ -242,6 +262,7 @@ def finetune(settings: Settings, train: LabelledCrops, validation: LabelledCrops
     context = context or DistContext()
     device = device or torch.device("cpu")
     ft = settings.finetune
+    check_learning_rates(ft)
     strategy = get_strategy(ft.strategy, ft)
     network, source = init_network(settings, init)
     head_prior = init_heads_from_prior(network, train)
@@ -252,7 +273,8 @@ def finetune(settings: Settings, train: LabelledCrops, validation: LabelledCrops
     model_dir = Path(model_dir) if model_dir is not None else None
     config = TrainConfig(
         epochs=ft.epochs, batch_size=ft.batch_size, accumulate_steps=ft.accumulate_steps,
-        learning_rate=ft.learning_rate, weight_decay=ft.weight_decay, seed=settings.run.seed,
+        learning_rate=ft.learning_rate_for(ft.strategy), lr_schedule=ft.lr_schedule,
+        warmup_fraction=ft.warmup_fraction, weight_decay=ft.weight_decay, seed=settings.run.seed,
         checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None,
         resume=settings.run.resume, log_tsv=model_dir / LOG_NAME if model_dir else None,
         progress=progress, description=f"finetune {ft.strategy}",

@@ -33,6 +33,7 @@ from bids_pcs.training.data import CropSet
 from bids_pcs.training.distributed import DistContext
 from bids_pcs.training.engine import Engine, TrainConfig, TrainingInterruptedError, TrainResult
 from bids_pcs.training.plots import plot_loss_curve
+from bids_pcs.training.schedule import check_schedule
 from bids_pcs.training.summary import CURVE_NAME, LOG_NAME, training_summary
 
 LOGGER = logging.getLogger(__name__)
@@ -87,10 +88,13 @@ def pretrain(settings: Settings, crops: CropSet, *,
     network = build_network(settings.model, settings.crop.shape_vox, settings.labels.classes)
     objective.setup(network)
     model_dir = Path(model_dir) if model_dir is not None else None
+    check_schedule("[pretrain]", settings.pretrain.lr_schedule, settings.pretrain.warmup_fraction)
     config = TrainConfig(
         epochs=settings.pretrain.epochs, batch_size=settings.pretrain.batch_size,
         accumulate_steps=settings.pretrain.accumulate_steps,
         learning_rate=settings.pretrain.learning_rate,
+        lr_schedule=settings.pretrain.lr_schedule,
+        warmup_fraction=settings.pretrain.warmup_fraction,
         weight_decay=settings.pretrain.weight_decay, seed=settings.run.seed,
         mixed_precision=settings.pretrain.mixed_precision,
         checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None,

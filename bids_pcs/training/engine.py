@@ -13,6 +13,8 @@ else is here, once:
   optimiser step (the source paper's training loop never called it);
 - DistributedDataParallel (NCCL on CUDA, gloo on CPU) with ``no_sync`` while
   accumulating;
+- a learning-rate schedule (constant, or cosine with linear warm-up,
+  :mod:`bids_pcs.training.schedule`) set before every optimiser step;
 - one log line per epoch (loss, validation figures, time), a tqdm bar with
   loss and crops per second while an epoch runs (on a terminal only: written
   to a file or a SLURM log a bar is thousands of carriage-return fragments),
@@ -62,6 +64,7 @@ from bids_pcs.training.data import CropSet
 from bids_pcs.training.distributed import DistContext, any_true, mean_over_processes
 from bids_pcs.training.memory import peak_memory_mb
 from bids_pcs.training.objective import Objective, count_parameters
+from bids_pcs.training.schedule import LearningRateSchedule
 
 LOGGER = logging.getLogger("bids_pcs.training")
 TrainableRule = Callable[[nn.Module], Iterable[str]]
@@ -90,7 +93,10 @@ class TrainConfig:
         epochs: passes over the crops (a resumed run stops at the same total).
         batch_size: crops per process per forward pass.
         accumulate_steps: forward passes per optimiser step.
-        learning_rate: AdamW learning rate (every phase).
+        learning_rate: AdamW base learning rate (every phase).
+        lr_schedule: ``"constant"`` or ``"cosine"`` (with warm-up; see
+            :mod:`bids_pcs.training.schedule`), over all optimiser steps of the run.
+        warmup_fraction: share of the optimiser steps with a linear warm-up.
         weight_decay: AdamW weight decay.
         seed: seeds the epoch order and per-epoch randomness (masks, noise, views).
         mixed_precision: bf16 autocast on CUDA (ignored on CPU).
@@ -116,6 +122,8 @@ class TrainConfig:
     batch_size: int = 2
     accumulate_steps: int = 1
     learning_rate: float = 2e-4
+    lr_schedule: str = "constant"
+    warmup_fraction: float = 0.0
     weight_decay: float = 1e-5
     seed: int = 0
     mixed_precision: bool = True
@@ -152,6 +160,7 @@ class TrainResult:
     best_epoch: int | None = None
     best_score: float | None = None
     best_state: dict[str, torch.Tensor] | None = None
+    schedule: dict[str, Any] = field(default_factory=dict)
 
 
 class _StepModule(nn.Module):
@@ -349,6 +358,10 @@ class Engine:
         crops_seen = 0
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+        steps_per_epoch = math.ceil(len(self._epoch_batches(len(data), 0))
+                                    / cfg.accumulate_steps)
+        self.schedule = LearningRateSchedule(cfg.lr_schedule, cfg.epochs * steps_per_epoch,
+                                             cfg.warmup_fraction)
         self._zero_grad()
         self._model.train()
         with _StopRequests() as stop:
@@ -366,6 +379,9 @@ class Engine:
                     batch = data.batch(indices, self.device)
                     boundary = ((b_index + 1) % cfg.accumulate_steps == 0
                                 or b_index + 1 == len(batches))
+                    # the step's place in the run, not a counter: resuming needs no state
+                    self._set_learning_rate(epoch * steps_per_epoch
+                                            + b_index // cfg.accumulate_steps)
                     losses = self._step(batch, boundary)
                     for key, value in losses.items():
                         sums[key] = sums.get(key, 0.0) + value
@@ -423,6 +439,12 @@ class Engine:
                 name = key if (key == "loss" and phase == self.phases[0]) else f"{prefix}{key}"
                 logged[name] = value.detach().float()
         return logged
+
+    def _set_learning_rate(self, optimizer_step: int) -> None:
+        factor = self.schedule.factor(optimizer_step)
+        for optimizer in self.optimizers.values():
+            for group in optimizer.param_groups:
+                group["lr"] = self.config.learning_rate * factor
 
     def _should_stop(self, stop: _StopRequests, global_step: int, b_index: int,
                      n_batches: int) -> bool:
@@ -586,6 +608,7 @@ class Engine:
         result.epochs_completed = epochs
         result.crops_per_second = crops_seen / max(result.seconds, 1e-9)
         result.peak_memory_mb = self.peak_memory_mb()
+        result.schedule = self.schedule.describe()
         return result
 
 
