@@ -34,7 +34,8 @@ LEVELS = ("participant", "group", "pretrain", "finetune", "study")
 SCRATCH = "scratch"  # the study's from-scratch baseline: no pre-training method
 # options taking several space-separated values, as in every BIDS App
 MULTI_VALUE_OPTIONS = ("--participant-label", "--participant_label", "--session-label",
-                       "--session_label", "--methods", "--strategies", "--set")
+                       "--session_label", "--methods", "--strategies", "--set",
+                       "--pretrain-data", "--pretrain_data")
 # which options belong to which level (anything else is a usage error)
 LEVEL_OPTIONS = {
     "model": ("participant",),
@@ -46,6 +47,7 @@ LEVEL_OPTIONS = {
     "strategies": ("study",),
     "resume": ("pretrain", "finetune", "study"),
     "model_name": ("pretrain", "finetune"),
+    "pretrain_data": ("pretrain", "study"),
 }
 
 
@@ -185,6 +187,11 @@ def _validate_device(_ctx: click.Context, _param: click.Parameter, value: str) -
                    "lists the registered ones).")
 @click.option("--labels", type=click.Path(path_type=Path),
               help="[finetune, study] BIDS derivative dataset with PCS labels.")
+@click.option("--pretrain-data", "--pretrain_data", "pretrain_data", multiple=True,
+              type=click.Path(path_type=Path), metavar="DIR [DIR ...]",
+              help="[pretrain, study] Further BIDS datasets (other participants, labelled or "
+                   "not) whose every T1w image pre-trains too; their derivatives go to "
+                   "OUTPUT_DIR/derivatives/<folder name>/.")
 @click.option("--methods", multiple=True, type=RegisteredName("method", extra=(SCRATCH,)),
               metavar="M [M ...]", help="[study] Pre-training methods of the grid.")
 @click.option("--strategies", multiple=True, type=RegisteredName("strategy"),
@@ -337,6 +344,8 @@ def build_settings(options: dict[str, Any]):
         "model": str(model_dir) if model_dir else "",
         "init": _init_value(options["init"]),
         "labels": str(Path(options["labels"]).absolute()) if options["labels"] else "",
+        "pretrain_data": [str(Path(d).expanduser().absolute())
+                          for d in options.get("pretrain_data") or ()],
         "resume": options["resume"],
         "model_name": options["model_name"] or "",
     }
@@ -441,6 +450,15 @@ def check_paths(settings) -> None:
     if run.labels and not Path(run.labels).is_dir():
         raise UsageError(f"Label dataset {run.labels} does not exist; give --labels the path of "
                           "a PCS label derivative dataset.")
+    for dataset in run.pretrain_data:
+        if not Path(dataset).is_dir():
+            raise UsageError(f"--pretrain-data {dataset} does not exist or is not a directory; "
+                             "give the path of a BIDS dataset.")
+        check_bids_dir(Path(dataset))
+    if run.pretrain_data:
+        from bids_pcs.levels.training_inputs import check_pretraining_datasets
+
+        check_pretraining_datasets(settings)
 
 
 def _execute(settings) -> None:
@@ -470,6 +488,8 @@ def _execute(settings) -> None:
             from bids_pcs.io.validator import check_bids_valid
 
             check_bids_valid(bids_dir)
+            for dataset in settings.run.pretrain_data:
+                check_bids_valid(Path(dataset))
         from bids_pcs.io.bids_input import collect_t1w
 
         # fail on a bad selection before any level starts work

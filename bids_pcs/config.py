@@ -235,6 +235,10 @@ class StudySettings:
     test_fraction: float = 0.2
     folds: int = 0
     bootstrap_samples: int = 1000
+    # what each split's pre-training learns from: "all" = every image of BIDS_DIR
+    # (labelled or not) but the validation and test participants', plus every
+    # --pretrain-data dataset; "train" = the training participants' images only
+    pretrain_pool: str = "all"
 
 
 @dataclass(frozen=True)
@@ -259,6 +263,8 @@ class RunSettings:
     model: str = ""
     init: str = ""
     labels: str = ""
+    # further BIDS datasets whose T1w images pre-train too (pretrain, study)
+    pretrain_data: tuple[str, ...] = ()
     resume: bool = False
     model_name: str = ""
     run_id: str = ""

@@ -224,6 +224,9 @@ def test_bids_validation_errors_are_summarised(bids_examples, tmp_path):
         (["pretrain", "--method", "magic"], "Invalid value for '--method'"),
         (["participant", "--device", "gpu"], "Invalid value for '--device'"),
         (["participant", "--set", "pretrain"], "expected SECTION.KEY=VALUE"),
+        (["participant", "--pretrain-data", "."], "--pretrain-data applies only to the pretrain"),
+        (["pretrain", "--pretrain-data", "/nowhere/cohort", "--skip-bids-validation"],
+         "--pretrain-data /nowhere/cohort does not exist"),
         (["nonsense"], "Invalid value for '{participant|group|pretrain|finetune|study}'"),
     ],
 )

@@ -1,9 +1,10 @@
 """`bids_pcs ... study` end to end: a 2 x 2 quick grid on a synthetic cohort, then a rerun.
 
-One module-scoped run (6 participants on the MNI anatomy, the ``study-quick``
-recipe with 1 pre-training and 2 fine-tuning epochs, methods scratch and
-reconstruction, strategies top and full) goes through the CLI as a user would;
-the tests read its outputs.  Registration runs for real (without N4, which the
+One module-scoped run (6 labelled participants and one unlabelled on the MNI
+anatomy, plus a one-participant ``--pretrain-data`` cohort, the
+``study-quick`` recipe with 1 pre-training and 2 fine-tuning epochs, methods
+scratch and reconstruction, strategies top and full) goes through the CLI as a
+user would; the tests read its outputs.  Registration runs for real (without N4, which the
 study's logic does not depend on, to keep CI short).
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 
 import numpy as np
@@ -30,8 +32,9 @@ from bids_pcs.synth import SynthOptions, make_cohort
 GRID = {"methods": ["scratch", "reconstruction"], "strategies": ["top", "full"]}
 
 
-def _study_command(summary, output_dir, work_dir):
+def _study_command(summary, output_dir, work_dir, cohort):
     return [summary.bids_dir, output_dir, "study", "--labels", summary.labels_dir,
+            "--pretrain-data", cohort,
             "--recipe", "study-quick", "--methods", *GRID["methods"],
             "--strategies", *GRID["strategies"], "--set", "pretrain.epochs=1",
             "--set", "finetune.epochs=2", "--set", "study.bootstrap_samples=200",
@@ -43,10 +46,12 @@ def _study_command(summary, output_dir, work_dir):
 def study_run(tmp_path_factory):
     """(cohort summary, output_dir, first run, seconds, second run, seconds, first table)."""
     root = tmp_path_factory.mktemp("study")
-    summary = make_cohort(root / "bids", 6, seed=0, options=SynthOptions(
-        anatomy=("MNI152NLin2009aSym",), figure=False))
+    options = SynthOptions(anatomy=("MNI152NLin2009aSym",), figure=False)
+    summary = make_cohort(root / "bids", 7, seed=0, options=options)
+    _unlabel(summary, UNLABELLED)
+    cohort = make_cohort(root / "cohort", 1, seed=1, options=options).bids_dir
     output_dir = root / "out"
-    command = _study_command(summary, output_dir, root / "work")
+    command = _study_command(summary, output_dir, root / "work", cohort)
     started = time.perf_counter()
     first = run_cli(*command, timeout=900)
     first_seconds = time.perf_counter() - started
@@ -57,6 +62,22 @@ def study_run(tmp_path_factory):
     second_seconds = time.perf_counter() - started
     assert second.returncode == 0, second.stderr[-4000:]
     return summary, output_dir, first, first_seconds, second, second_seconds, first_table
+
+
+UNLABELLED = "07"
+
+
+def _unlabel(summary, subject):
+    """Take every label of ``subject`` away: a T1w image without mask or class."""
+    shutil.rmtree(summary.labels_dir / f"sub-{subject}")
+    for tsv in (summary.labels_dir / "participants.tsv", summary.bids_dir / "participants.tsv"):
+        table = pd.read_csv(tsv, sep="\t", dtype=str, keep_default_na=False)
+        if tsv.parent == summary.labels_dir:
+            table = table[table["participant_id"] != f"sub-{subject}"]
+        else:
+            pcs = [c for c in table.columns if c.startswith("pcs_")]
+            table.loc[table["participant_id"] == f"sub-{subject}", pcs] = "n/a"
+        table.to_csv(tsv, sep="\t", index=False)
 
 
 def _table(output_dir) -> pd.DataFrame:
@@ -74,6 +95,11 @@ def test_the_table_has_a_row_per_configuration_with_sane_values(study_run):
     assert (table["n_folds"] == 1).all()
     assert (table["n_test_participants"] == 1).all() and (table["n_test_crops"] == 2).all()
     assert (table["n_train_participants"] == 4).all()
+    # fine-tuning learnt from 4 labelled images (8 hemispheres); pre-training from those,
+    # the unlabelled sub-07 and the extra cohort's image: 6 (none of the held-out ones)
+    assert (table["finetune_images"] == 4).all() and (table["finetune_labels"] == 8).all()
+    assert table.set_index("method")["pretrain_images"].to_dict() == {
+        "scratch": 0, "reconstruction": 6}
     for metric in METRICS:
         for row in table.itertuples():
             value = getattr(row, metric)
@@ -117,12 +143,12 @@ def test_top_and_full_freeze_different_parameters(study_run):
 
 
 @pytest.mark.slow
-def test_the_split_keeps_participants_apart_and_pretraining_sees_only_training_crops(
+def test_the_split_keeps_participants_apart_and_pretraining_never_sees_held_out_ones(
         study_run):
     summary, output_dir, *_ = study_run
     split_table = pd.read_csv(output_dir / "study" / "split.tsv", sep="\t", dtype=str)
     assert split_table["participant_id"].is_unique  # one part per participant
-    assert len(split_table) == 6
+    assert len(split_table) == 6  # the labelled participants
     assert split_table["part"].value_counts().to_dict() == {"train": 4, "validation": 1,
                                                            "test": 1}
     study = json.loads((output_dir / "study" / "study.json").read_text())
@@ -131,8 +157,14 @@ def test_the_split_keeps_participants_apart_and_pretraining_sees_only_training_c
         split_table.loc[split_table["part"] == "train", "participant_id"])
     card = read_model_card(output_dir / "models" / "study-pretrain-reconstruction")
     assert card["stage"] == "pretrain" and card["method"] == "reconstruction"
-    assert card["training_data"]["participants"] == list(split.train)
-    assert card["training_data"]["n_crops"] == 2 * len(split.train)
+    data = card["training_data"]
+    # the training participants and the unlabelled one of BIDS_DIR, never a held-out one
+    assert data["participants"] == sorted([*split.train, UNLABELLED])
+    assert data["datasets"]["cohort"]["n_images"] == 1  # and the --pretrain-data cohort
+    assert data["n_crops"] == 2 * (len(split.train) + 2)
+    assert data["pretrain_pool"] == "all"
+    assert study["data"]["pretraining_pool"]["n_images"] == 8  # 7 of BIDS_DIR + 1
+    assert (output_dir / "derivatives" / "cohort" / "dataset_description.json").is_file()
     # every configuration from reconstruction started from that one model
     for strategy in GRID["strategies"]:
         record = json.loads((output_dir / "study" / "configurations" /
@@ -160,7 +192,10 @@ def test_the_page_json_and_figures_are_written(study_run):
     assert [c["configuration"] for c in study["configurations"]] == _table(output_dir)[
         "configuration"].tolist()
     assert study["failed"] == []
-    assert "training participants" in study["design"]["pretraining_data"]
+    assert "except the validation and test participants" in study["design"][
+        "pretraining_data"]
+    assert "1 --pretrain-data dataset" in study["design"]["pretraining_data"]
+    assert "6 images / 8 hemisphere labels" in page
     logs = {p.name.split("_")[0] for p in (output_dir / "logs").glob("study-*.log")}
     assert logs == {"study-pretrain-reconstruction", "study-scratch-top", "study-scratch-full",
                     "study-reconstruction-top", "study-reconstruction-full"}
@@ -191,6 +226,10 @@ def test_job_keys_follow_what_each_job_depends_on():
     assert configuration_key(settings, config, other_test, "data", "weights") != ckey
     assert configuration_key(settings, config, split, "data", "other weights") != ckey
     assert pretraining_key(settings.replace(run={"seed": 1}), pre, split, "data") != key
+    # the pool of images pre-training draws from, and how it draws, count too
+    assert pretraining_key(settings, pre, split, "data", "pool") != key
+    assert pretraining_key(settings.replace(study={"pretrain_pool": "train"}), pre, split,
+                           "data") != key
 
 
 def test_the_reading_is_written_from_the_numbers():

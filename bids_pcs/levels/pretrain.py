@@ -1,8 +1,11 @@
 """The ``pretrain`` analysis level: self-supervised training on every selected crop.
 
-``bids_pcs BIDS_DIR OUTPUT_DIR pretrain --method M`` preprocesses the selected
-T1w images when their crops are missing (the participant level's API), reads
-every crop that passed QC into memory and hands them to
+``bids_pcs BIDS_DIR OUTPUT_DIR pretrain --method M [--pretrain-data DIR ...]``
+preprocesses the selected T1w images of BIDS_DIR and every T1w image of each
+``--pretrain-data`` dataset when their crops are missing (the participant
+level's API; an extra dataset's derivatives go to
+``OUTPUT_DIR/derivatives/<its folder name>/``), reads every crop that passed
+QC into memory and hands them to
 :func:`bids_pcs.pretraining.train.pretrain` (the driver the study calls too),
 which trains the network with the method's objective on the one training
 engine and writes ``OUTPUT_DIR/models/<name>/``:
@@ -21,31 +24,19 @@ from __future__ import annotations
 import logging
 import shutil
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bids_pcs.config import HEMISPHERES, Settings
-from bids_pcs.errors import InputDataError
-from bids_pcs.io.bids_input import T1wImage
-from bids_pcs.levels.training_inputs import preprocessed_passing_qc, selected_images
+from bids_pcs.config import Settings
+from bids_pcs.levels.training_inputs import CropFile, collect_pretraining_crops
 from bids_pcs.pretraining import get_objective
 from bids_pcs.pretraining.train import pretrain
 from bids_pcs.training.data import load_crop_set
 from bids_pcs.training.distributed import DistContext, distributed_run
 
 LOGGER = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CropFile:
-    """One crop on disk and where it comes from."""
-
-    path: Path
-    image: T1wImage
-    hemisphere: str
 
 
 def run(settings: Settings) -> None:
@@ -70,13 +61,13 @@ def _pretrain(settings: Settings, context: DistContext, device: torch.device) ->
 
     crop_files = collect_crops(settings, context)
     crops = load_crop_set([c.path for c in crop_files], settings.crop.shape_vox,
-                          names=[f"{c.image.prefix}_hemi-{c.hemisphere}" for c in crop_files])
-    LOGGER.info("Pre-training %s on %d crops of %d T1w images, %s, %d process(es).", method,
-                len(crops), len({c.image.prefix for c in crop_files}), device,
-                context.world_size)
+                          names=[c.name for c in crop_files])
+    summary = training_data_summary(crop_files, settings)
+    LOGGER.info("Pre-training %s on %d crops of %d T1w images (%d dataset(s)), %s, "
+                "%d process(es).", method, len(crops), summary["n_images"],
+                len(summary["datasets"]), device, context.world_size)
     result = pretrain(settings, crops, model_dir=model_dir, checkpoint_dir=checkpoint_dir,
-                      device=device, context=context,
-                      training_data=training_data_summary(crop_files, settings))
+                      device=device, context=context, training_data=summary)
     if not context.is_main:
         return
     if checkpoint_dir.parent == model_dir:
@@ -88,35 +79,34 @@ def _pretrain(settings: Settings, context: DistContext, device: torch.device) ->
 
 
 def collect_crops(settings: Settings, context: DistContext) -> list[CropFile]:
-    """The crops of every selected T1w image that passed QC, preprocessing missing ones.
+    """The crops of every selected T1w image (and ``--pretrain-data`` image) that passed QC.
 
     Preprocessing (:func:`bids_pcs.preprocess.preprocess_images`, which skips
     images already done) runs on the first process only; the others wait, then
     read what it made (:mod:`bids_pcs.levels.training_inputs`).
     """
-    images = selected_images(settings)
-    results, _ = preprocessed_passing_qc(settings, images, context)
-    crops = [CropFile(Path(result.crops[h]), image, h)
-             for image, result in zip(images, results, strict=True) if result is not None
-             for h in HEMISPHERES]
-    if not crops:
-        raise InputDataError(
-            f"No crops passed quality control under {settings.run.output_dir}; check the "
-            "participant level's QC records and reports."
-        )
-    return crops
+    return collect_pretraining_crops(settings, context)
 
 
 def training_data_summary(crop_files: list[CropFile], settings: Settings) -> dict[str, Any]:
-    """What model.json says about the crops a model learnt from."""
-    participants = sorted({c.image.subject for c in crop_files})
+    """What model.json says about the crops a model learnt from (per dataset too)."""
+    main = str(Path(settings.run.bids_dir).absolute())
+    own = [c for c in crop_files if c.dataset in ("", main)]
+    participants = sorted({c.image.subject for c in own})
+    datasets = {}
+    for dataset in dict.fromkeys(c.dataset or main for c in crop_files):
+        mine = [c for c in crop_files if (c.dataset or main) == dataset]
+        datasets[Path(dataset).name] = {
+            "path": dataset, "n_crops": len(mine), "n_images": len({c.image.prefix for c in mine}),
+            "n_participants": len({c.image.subject for c in mine})}
     return {
         "dataset": Path(settings.run.bids_dir).name,
         "n_crops": len(crop_files),
-        "n_images": len({c.image.prefix for c in crop_files}),
-        "n_participants": len(participants),
+        "n_images": sum(d["n_images"] for d in datasets.values()),
+        "n_participants": sum(d["n_participants"] for d in datasets.values()),
         "participants": participants,
+        "datasets": datasets,
         "hemispheres": dict(Counter(c.hemisphere for c in crop_files)),
         "right_mirrored": settings.crop.mirror_right,
-        "images": sorted({c.image.prefix for c in crop_files}),
+        "images": sorted({c.image.prefix for c in own}),
     }

@@ -12,8 +12,11 @@ paper (arXiv 2405.19204) on a labelled dataset:
    ``[study] folds`` folds (:mod:`bids_pcs.splits`); ``split.tsv``
    records it;
 3. each pre-training method of the grid is trained once per split, on the
-   *training* participants' crops only (validation and test crops are never
-   seen, not even without labels), and its model is shared by every strategy;
+   pre-training pool (:mod:`bids_pcs.study.pool`): every selected image of
+   BIDS_DIR, labelled or not, and every image of the ``--pretrain-data``
+   datasets, *but* the validation and test participants' (never seen, not
+   even without labels); ``[study] pretrain_pool = "train"`` restricts it to
+   the training participants.  Its model is shared by every strategy;
 4. each configuration (scratch or a pre-trained model x a strategy) is
    fine-tuned on the training participants, its best epoch chosen on the
    validation participants, and scored on the test participants;
@@ -43,11 +46,12 @@ from pathlib import Path
 
 from bids_pcs.config import Settings
 from bids_pcs.errors import BidsPcsError, InputDataError
-from bids_pcs.levels.training_inputs import collect_labelled
+from bids_pcs.levels.training_inputs import collect_labelled, collect_pretraining_crops
 from bids_pcs.splits import StudySplit, check_fractions, make_splits, participant_strata
 from bids_pcs.study.crops import cache_labelled_crops
 from bids_pcs.study.outputs import SPLIT_NAME, write_outputs, write_split_table
 from bids_pcs.study.plan import Grid, plan_grid
+from bids_pcs.study.pool import cache_pretraining_pool, check_pool_mode
 from bids_pcs.study.runner import JobRunner
 from bids_pcs.training.distributed import DistContext
 
@@ -64,6 +68,7 @@ def run(settings: Settings) -> None:
     if not settings.run.labels:
         raise InputDataError("study needs --labels LABELS_DIR (a PCS label dataset).")
     check_fractions(settings.study)
+    check_pool_mode(settings)
     plan_grid(settings.study, [0])  # refuse unknown methods or strategies before any work
     study_dir = Path(settings.run.output_dir) / STUDY_DIR
     work_dir = Path(settings.run.work_dir) / STUDY_DIR if settings.run.work_dir else (
@@ -76,16 +81,19 @@ def run(settings: Settings) -> None:
     grid = plan_grid(settings.study, [split.fold for split in splits])
     write_split_table(study_dir / SPLIT_NAME, splits, cache, strata)
     _log_plan(grid, splits)
+    # the pool is preprocessed (unlabelled and extra images too) only when a method pre-trains
+    pool = (cache_pretraining_pool(settings, collect_pretraining_crops(settings, DistContext()),
+                                   work_dir) if grid.pretrainings else None)
 
     runner = JobRunner(settings, cache, {s.fold: s for s in splits}, study_dir, work_dir,
-                       total=len(grid.pretrainings) + len(grid.configurations))
+                       total=len(grid.pretrainings) + len(grid.configurations), pool=pool)
     for job in grid.pretrainings:
         runner.pretraining(job)
     for job in grid.configurations:
         runner.configuration(job)
 
     table = write_outputs(study_dir, settings, grid, splits, cache, runner.configurations,
-                          runner.pretrainings, runner.failed, skipped)
+                          runner.pretrainings, runner.failed, skipped, pool=pool)
     LOGGER.info("Study written to %s: %d of %d configurations in study.tsv, study.html.",
                 study_dir, len(table), len(grid.cells))
     if runner.failed:

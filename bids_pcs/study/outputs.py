@@ -30,6 +30,7 @@ from bids_pcs.study.crops import CropCache
 from bids_pcs.study.figures import FIGURES_DIR, write_figures
 from bids_pcs.study.page import write_study_page
 from bids_pcs.study.plan import Configuration, Grid, Pretraining
+from bids_pcs.study.pool import PoolCache, pool_summary
 from bids_pcs.study.records import plain_json, write_record
 from bids_pcs.study.table import results_table, write_table
 
@@ -52,11 +53,23 @@ def write_split_table(path: Path, splits: Sequence[StudySplit], cache: CropCache
     return write_text(path, "\n".join(lines) + "\n")
 
 
+def pretraining_data_text(settings: Settings, pool: PoolCache | None) -> str:
+    """What each split's pre-training learnt from, in words (study.json's design)."""
+    if pool is None or settings.study.pretrain_pool == "train":
+        return ("the training participants' crops of each split only (no validation or test "
+                "crops)")
+    extra = len({r.dataset for r in pool.records} - {pool.main_dataset})
+    return ("every image of BIDS_DIR that passed QC, labelled or not, except the validation "
+            "and test participants' of each split" + (
+                f", and every image of {extra} --pretrain-data dataset(s)" if extra else ""))
+
+
 def write_outputs(study_dir: Path, settings: Settings, grid: Grid,
                   splits: Sequence[StudySplit], cache: CropCache,
                   configurations: Mapping[Configuration, dict[str, Any]],
                   pretrainings: Mapping[Pretraining, dict[str, Any]],
-                  failed: Sequence[str], skipped: Mapping[str, Any]) -> pd.DataFrame:
+                  failed: Sequence[str], skipped: Mapping[str, Any],
+                  pool: PoolCache | None = None) -> pd.DataFrame:
     """Write study.tsv, study.json, the figures and study.html; return the table."""
     study = settings.study
     table = results_table(grid, configurations, pretrainings,
@@ -71,6 +84,7 @@ def write_outputs(study_dir: Path, settings: Settings, grid: Grid,
         "recipe": settings.run.recipe,
         "seed": settings.run.seed,
         "device": ", ".join(devices) if devices else settings.run.device,
+        "pretraining_data": pretraining_data_text(settings, pool),
     }
     write_record(study_dir / JSON_NAME, {
         "app": {"name": APP_NAME, "version": __version__},
@@ -85,8 +99,7 @@ def write_outputs(study_dir: Path, settings: Settings, grid: Grid,
                           "validation": study.validation_fraction,
                           "test": study.test_fraction},
             "folds": study.folds,
-            "pretraining_data": "the training participants' crops of each split only "
-                                "(no validation or test crops)",
+            "pretraining_data": pretraining_data_text(settings, pool),
             "model_selection": "best validation score epoch (finetune monitor val_score)",
             "bootstrap": {"unit": "participant", "resamples": study.bootstrap_samples,
                           "level": 0.95, "seed": settings.run.seed},
@@ -95,7 +108,9 @@ def write_outputs(study_dir: Path, settings: Settings, grid: Grid,
         "settings": {key: settings.to_dict()[key]
                      for key in ("crop", "model", "pretrain", "finetune", "inference")},
         "data": {"n_participants": summary["n_participants"], "n_crops": len(cache.info),
-                 "data_digest": cache.data_digest, "skipped": dict(skipped)},
+                 "data_digest": cache.data_digest, "skipped": dict(skipped),
+                 "pretraining_pool": (pool_summary(pool.records, pool.main_dataset)
+                                      if pool is not None else None)},
         "splits": [s.to_dict() for s in splits],
         "configurations": [plain_json(row) for row in table.to_dict("records")],
         "pretrainings": list(pretrainings.values()),

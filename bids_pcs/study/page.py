@@ -66,6 +66,7 @@ def _overview(table: pd.DataFrame, splits: Sequence[StudySplit],
         ("train / validation / test", f"{len(first.train)} / {len(first.validation)} / "
                                       f"{len(first.test)}" + (" per fold" if folds else "")),
         ("folds", folds or "single split"),
+        ("pre-training images / fine-tuning labels", _data_sizes(table)),
         ("device", summary.get("device", "n/a")),
     ])
     text = (
@@ -73,12 +74,22 @@ def _overview(table: pd.DataFrame, splits: Sequence[StudySplit],
         "pre-training methods) with a fine-tuning strategy. The participants are split once "
         "(seed " + str(summary.get("seed", 0)) + ") into training, validation and test parts; "
         "both hemispheres and all sessions of a participant stay in one part. Each "
-        "pre-training ran once per split on the training participants' crops only (neither "
-        "validation nor test crops) and seeds all of its strategies. Fine-tuning keeps the "
+        "pre-training ran once per split on " + summary.get(
+            "pretraining_data", "the training participants' crops only (neither validation "
+            "nor test crops)") + ", and seeds all of its strategies. Fine-tuning keeps the "
         "epoch with the best validation score; scores are on the test participants only. "
         "Each pre-training and each configuration ran alone in its own process, so its time "
         "and peak memory are its own.")
     return h.join([cards, h.paragraph(text, "muted")])
+
+
+def _data_sizes(table: pd.DataFrame) -> str:
+    """``"120 images / 48 labels"``: what self-supervision saw next to what supervision saw."""
+    if table.empty:
+        return "n/a"
+    pretrained = table.loc[table["method"] != "scratch", "pretrain_images"].dropna()
+    images = h.fmt(pretrained.max(), 0) if not pretrained.empty else "none"
+    return f"{images} images / {h.fmt(table['finetune_labels'].max(), 0)} hemisphere labels"
 
 
 def _reading(table: pd.DataFrame) -> h.Html:

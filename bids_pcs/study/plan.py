@@ -114,14 +114,19 @@ def plan_grid(study: StudySettings, folds: Sequence[int]) -> Grid:
 
 
 def pretraining_key(settings: Settings, job: Pretraining, split: StudySplit,
-                    data_digest: str) -> str:
-    """Digest of what a pre-training depends on: its training crops, recipe sections, seed."""
+                    data_digest: str, pool_digest: str | None = None) -> str:
+    """Digest of what a pre-training depends on: its crops (pool and split), recipe, seed."""
     plain = settings.to_dict()
     return _digest({
         "version": __version__,
         "job": job.name,
         "data": data_digest,
+        "pool": pool_digest,
+        "pretrain_pool": settings.study.pretrain_pool,
+        # the training participants choose the crops in "train" mode, the held-out
+        # ones (validation or test alike) those left out in "all" mode
         "train": list(split.train),
+        "held_out": sorted({*split.validation, *split.test}),
         "seed": settings.run.seed,
         "device": settings.run.device,
         **{key: plain[key] for key in ("template", "crop", "intensity", "labels", "model")},

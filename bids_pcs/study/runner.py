@@ -39,6 +39,7 @@ from bids_pcs.study.plan import (
     configuration_key,
     pretraining_key,
 )
+from bids_pcs.study.pool import PoolCache
 from bids_pcs.study.records import (
     configuration_record_path,
     pretraining_record_path,
@@ -60,6 +61,8 @@ class JobRunner:
         study_dir: ``OUTPUT_DIR/study`` (job records).
         work_dir: where job files go.
         total: jobs in the grid (for the ``[n/total]`` progress).
+        pool: the pre-training pool (``None``: pre-trainings read the labelled
+            training crops).
     """
 
     settings: Settings
@@ -68,6 +71,7 @@ class JobRunner:
     study_dir: Path
     work_dir: Path
     total: int
+    pool: PoolCache | None = None
     pretrainings: dict[Pretraining, dict[str, Any]] = field(default_factory=dict)
     configurations: dict[Configuration, dict[str, Any]] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)
@@ -78,7 +82,8 @@ class JobRunner:
 
     def pretraining(self, job: Pretraining) -> None:
         split = self.splits[job.fold]
-        key = pretraining_key(self.settings, job, split, self.cache.data_digest)
+        key = pretraining_key(self.settings, job, split, self.cache.data_digest,
+                              self.pool.data_digest if self.pool is not None else None)
         path = pretraining_record_path(self.study_dir, job)
         model_dir = self._model_dir(job.name)
         record = read_done(path, key)
@@ -86,7 +91,8 @@ class JobRunner:
             self._skip(job.name, record)
             self.pretrainings[job] = record
             return
-        spec = {"kind": "pretrain", "method": job.method, "fold": job.fold}
+        spec = {"kind": "pretrain", "method": job.method, "fold": job.fold,
+                "pool": self.pool.to_dict() if self.pool is not None else None}
         record = self._run(job.name, key, path, model_dir, split, spec)
         if record is not None:
             self.pretrainings[job] = record

@@ -10,6 +10,10 @@ Columns of ``study.tsv`` (``n/a`` where a value does not exist):
 - ``configuration``, ``method`` (``scratch`` or the pre-training method), ``strategy``;
 - ``n_folds``, ``n_train_participants`` (per fold, mean), ``n_test_participants``,
   ``n_test_crops`` (pooled);
+- ``pretrain_images`` (T1w images the shared pre-training learnt from, per
+  fold, mean; 0 from scratch), ``finetune_images`` and ``finetune_labels``
+  (labelled images and labelled hemispheres fine-tuning learnt from, per fold,
+  mean): self-supervision pays off where the first exceeds the second;
 - each score of :data:`bids_pcs.study.scoring.METRICS` with ``<score>_ci_lower``
   and ``<score>_ci_upper`` (95 % bootstrap over participants);
 - ``finetune_seconds`` (wall time of the fine-tuning loop, validation
@@ -46,7 +50,8 @@ from bids_pcs.study.plan import Configuration, Grid, Pretraining
 from bids_pcs.study.scoring import METRICS, score_rows
 
 IDENTITY_COLUMNS = ("configuration", "method", "strategy", "n_folds", "n_train_participants",
-                    "n_test_participants", "n_test_crops")
+                    "n_test_participants", "n_test_crops", "pretrain_images", "finetune_images",
+                    "finetune_labels")
 COST_COLUMNS = ("finetune_seconds", "seconds_per_epoch", "epochs", "best_epoch",
                 "pretrain_seconds", "total_seconds", "peak_memory_mb", "baseline_memory_mb",
                 "pretrain_peak_memory_mb", "memory_kind", "device", "trainable_parameters",
@@ -89,6 +94,10 @@ def _row(method: str, strategy: str, records: list[dict[str, Any]],
         "n_train_participants": _mean([r["n_train_participants"] for r in records]),
         "n_test_participants": len({row["participant"] for row in test_rows}),
         "n_test_crops": len(test_rows),
+        "pretrain_images": (_mean([p.get("n_images", float("nan")) for p in pretrainings])
+                            if pretrainings else 0),
+        "finetune_images": _mean([r.get("n_train_images", float("nan")) for r in records]),
+        "finetune_labels": _mean([r.get("n_train_labels", float("nan")) for r in records]),
     }
     for name, ci in cis.items():
         row[name], row[f"{name}_ci_lower"], row[f"{name}_ci_upper"] = (

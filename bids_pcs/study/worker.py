@@ -7,9 +7,10 @@ an earlier job (allocator caches, imported modules, threads) is counted.
 
 Two kinds of job:
 
-- ``pretrain``: self-supervised training with one method on the training
-  participants' crops of a split (never validation or test crops); writes the
-  model directory and a record with time and memory;
+- ``pretrain``: self-supervised training with one method on the split's share
+  of the pre-training pool (:mod:`bids_pcs.study.pool`: never a validation or
+  test participant's crop); writes the model directory and a record with
+  time, memory and how many images pre-trained;
 - ``finetune``: one configuration: fine-tunes from scratch or from a
   pre-trained model on the training crops, keeps the best epoch on the
   validation crops, predicts the test crops and writes a record with time,
@@ -38,6 +39,7 @@ from bids_pcs.devices import set_threads
 from bids_pcs.errors import BidsPcsError
 from bids_pcs.splits import StudySplit
 from bids_pcs.study.crops import CropCache, read_labelled_crops
+from bids_pcs.study.pool import PoolCache, selected_crops
 from bids_pcs.study.records import write_record
 from bids_pcs.training.memory import current_memory_mb, memory_kind, peak_memory_mb
 
@@ -72,20 +74,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_pretraining(job: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """Pre-train ``job["method"]`` on the split's training crops; return the record."""
+    """Pre-train ``job["method"]`` on the split's share of the pool; return the record."""
     from bids_pcs.devices import resolve_device
     from bids_pcs.pretraining.train import pretrain
 
     split = StudySplit.from_dict(job["split"])
-    cache = CropCache.from_dict(job["crops"])
-    train = read_labelled_crops(cache).select(split.train)
+    if job.get("pool"):
+        crops, data = selected_crops(PoolCache.from_dict(job["pool"]), split,
+                                     settings.study.pretrain_pool)
+    else:  # no pool: the labelled training crops
+        train = read_labelled_crops(CropCache.from_dict(job["crops"])).select(split.train)
+        crops, data = train.crops, train.summary()
     device = resolve_device(settings.run.device)
     settings = settings.replace(pretrain={"method": job["method"]}, run={"resume": False})
     baseline = current_memory_mb(device)
-    result = pretrain(settings, train.crops, model_dir=job["model_dir"], device=device,
+    result = pretrain(settings, crops, model_dir=job["model_dir"], device=device,
                       progress=sys.stderr.isatty(),
-                      training_data={**train.summary(), "study_fold": split.fold,
-                                     "split_part": "train"})
+                      training_data={**data, "study_fold": split.fold})
     history = result.train.history
     record = _common(job, device) | {
         "method": job["method"],
@@ -95,12 +100,16 @@ def run_pretraining(job: dict[str, Any], settings: Settings) -> dict[str, Any]:
         "baseline_memory_mb": baseline,
         "peak_memory_mb": peak_memory_mb(device),
         "final_loss": history[-1]["loss"] if history else None,
-        "n_crops": len(train),
-        "n_participants": len(train.participants),
+        "n_crops": data["n_crops"],
+        "n_images": data["n_images"],
+        "n_participants": data["n_participants"],
+        "datasets": data.get("datasets"),
+        "pretrain_pool": data.get("pretrain_pool", "train"),
         "model_dir": job["model_dir"],
         "model_sha256": result.card.get("weights", {}).get("sha256"),
     }
-    LOGGER.info("%s done in %.1f s (peak memory %.0f MiB).", job["name"], record["seconds"],
+    LOGGER.info("%s done in %.1f s on %d crops of %d images (peak memory %.0f MiB).",
+                job["name"], record["seconds"], record["n_crops"], record["n_images"],
                 record["peak_memory_mb"])
     return record
 
@@ -152,6 +161,9 @@ def run_configuration(job: dict[str, Any], settings: Settings) -> dict[str, Any]
         "test_rows": crop_rows(predictions, test, settings.crop.voxel_mm,
                                settings.labels.classes),
         "n_train_participants": len(split.train),
+        # the labels fine-tuning learnt from: labelled images and hemispheres
+        "n_train_images": len({item.prefix for item in train.info}),
+        "n_train_labels": len(train),
         "n_validation_participants": len(split.validation),
         "n_test_participants": len(split.test),
         "model_dir": job["model_dir"],
