@@ -239,6 +239,11 @@ class StudySettings:
     # (labelled or not) but the validation and test participants', plus every
     # --pretrain-data dataset; "train" = the training participants' images only
     pretrain_pool: str = "all"
+    # label efficiency: each configuration also fine-tunes on these shares of the training
+    # participants' labels (nested, stratified subsets); pre-training is not repeated
+    label_fractions: tuple[float, ...] = (1.0,)
+    # training seeds (fine-tuning): each configuration runs once per seed; empty: --seed only
+    seeds: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,17 @@ Presence (absent vs present or prominent) and the three classes:
   of a model: the predicted class is the most probable one, and the presence
   probability ``p_present + p_prominent`` ranks hemispheres for the AUC.
 
+A set of hemispheres: :func:`hemisphere_scores` aggregates per-hemisphere
+mask scores and class probabilities into the scores the study and the demo
+report, each with the number of hemispheres it rests on (Dice only where the
+truth has a sulcus, HD95 only where both masks exist, presence over all).
+
 Confidence intervals: :func:`bootstrap_ci` resamples *participants*, not
 hemispheres, since the two hemispheres (and sessions) of one participant are
 not independent; the percentile interval is seeded and reproducible.
+:func:`bootstrap_draws` keeps every resample's value, so that two
+configurations scored on the same participants give a *paired* interval of
+their difference (:meth:`BootstrapDraws.difference`).
 
 Usage::
 
@@ -193,12 +201,19 @@ class ClassificationMetrics:
             in the order of ``classes``.
         presence: the presence scores.
         classes: the class names, in index order.
+        balanced_accuracy_3class: mean recall over the classes that occur in
+            truth (a rare "prominent" class weighs as much as a common one).
+        macro_f1_3class: mean F1 over the classes that occur in truth or in
+            prediction (a class never predicted scores F1 0, as scikit-learn's
+            ``f1_score(average="macro", zero_division=0)``).
     """
 
     accuracy_3class: float
     confusion: tuple[tuple[int, ...], ...]
     presence: PresenceMetrics
     classes: tuple[str, ...] = PCS_CLASSES
+    balanced_accuracy_3class: float = float("nan")
+    macro_f1_3class: float = float("nan")
 
 
 def encode_classes(values: Sequence[str | int] | np.ndarray,
@@ -206,6 +221,13 @@ def encode_classes(values: Sequence[str | int] | np.ndarray,
     """Class names or indices (also a torch tensor) -> int array of indices into ``classes``."""
     if hasattr(values, "detach"):
         values = values.detach().cpu().numpy()
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iu":
+        # indices already (the bootstrap's resamples): checked at once, not item by item
+        flat = values.ravel().astype(np.int64)
+        if flat.size and (flat.min() < 0 or flat.max() >= len(classes)):
+            bad = flat[(flat < 0) | (flat >= len(classes))][0]
+            raise ValueError(f"class index {bad!r} is not in 0..{len(classes) - 1}")
+        return flat
     items = list(np.asarray(values, dtype=object).ravel())
     out = np.empty(len(items), dtype=np.int64)
     for i, value in enumerate(items):
@@ -301,7 +323,26 @@ def classification_metrics(true_classes: Sequence[str | int] | np.ndarray,
         accuracy_3class=_ratio(int(np.trace(confusion)), truth.size),
         confusion=tuple(tuple(int(v) for v in row) for row in confusion),
         presence=presence_metrics(truth, pred, score),
+        balanced_accuracy_3class=_balanced_accuracy(confusion),
+        macro_f1_3class=_macro_f1(confusion),
     )
+
+
+def _balanced_accuracy(confusion: np.ndarray) -> float:
+    true_counts = confusion.sum(axis=1)
+    occurring = true_counts > 0
+    if not occurring.any():
+        return float("nan")
+    return float(np.mean(np.diag(confusion)[occurring] / true_counts[occurring]))
+
+
+def _macro_f1(confusion: np.ndarray) -> float:
+    tp = np.diag(confusion).astype(float)
+    true_counts, pred_counts = confusion.sum(axis=1), confusion.sum(axis=0)
+    seen = (true_counts + pred_counts) > 0
+    if not seen.any():
+        return float("nan")
+    return float(np.mean(2 * tp[seen] / (true_counts[seen] + pred_counts[seen])))
 
 
 def three_class_accuracy(true_classes: Sequence[str | int] | np.ndarray,
@@ -321,6 +362,119 @@ def _as_float_array(values: Any) -> np.ndarray:
     if hasattr(values, "detach"):
         values = values.detach().cpu().numpy()
     return np.asarray(values, dtype=float)
+
+
+# --------------------------------------------------- a set of hemispheres
+
+@dataclass(frozen=True)
+class HemisphereScores:
+    """Segmentation, presence and class scores of a set of hemispheres, with their counts.
+
+    Each score rests on the hemispheres where it means something, and says how many:
+
+    - ``dice`` over the hemispheres that have a true mask with a sulcus in it
+      (``dice_n``): a missed sulcus scores 0, and hemispheres without a sulcus
+      (where an empty prediction would score a free 1) do not count;
+    - ``hd95_mm`` over those of them where the prediction is not empty
+      (``hd95_n``): no surface, no distance; misses show in ``dice`` and in
+      the presence sensitivity;
+    - presence and the three classes over every hemisphere with a known
+      class (``presence.n``); the sensitivity over those with a sulcus by
+      class (``presence.n_present``), the specificity over the others.
+
+    Hemispheres without a true mask (class-only labels) count for presence
+    and class, never for Dice or HD95; hemispheres without a class (a mask
+    only) count for Dice and HD95 only.
+    """
+
+    n: int
+    dice: float
+    dice_n: int
+    hd95_mm: float
+    hd95_n: int
+    presence: PresenceMetrics
+    classes: ClassificationMetrics
+
+    def as_dict(self) -> dict[str, float]:
+        """Flat scores with their counts (``<score>_n``), as the study tabulates them."""
+        p, c = self.presence, self.classes
+        n_absent = p.n - p.n_present
+        values = {
+            "dice": (self.dice, self.dice_n), "hd95_mm": (self.hd95_mm, self.hd95_n),
+            "presence_sensitivity": (p.sensitivity, p.n_present),
+            "presence_specificity": (p.specificity, n_absent),
+            "presence_balanced_accuracy": (p.balanced_accuracy, p.n),
+            "presence_auc": (p.roc_auc, p.n), "presence_accuracy": (p.accuracy, p.n),
+            "presence_f1": (p.f1, p.n), "accuracy_3class": (c.accuracy_3class, p.n),
+            "balanced_accuracy_3class": (c.balanced_accuracy_3class, p.n),
+            "macro_f1_3class": (c.macro_f1_3class, p.n),
+        }
+        out: dict[str, float] = {}
+        for name, (value, count) in values.items():
+            out[name], out[f"{name}_n"] = float(value), float(count)
+        return out
+
+
+def hemisphere_scores(true_classes: Sequence[str | int | None] | np.ndarray, probabilities: Any,
+                      *, dice: Sequence[float] | np.ndarray,
+                      hd95_mm: Sequence[float] | np.ndarray,
+                      true_voxels: Sequence[int] | np.ndarray,
+                      has_mask: Sequence[bool] | np.ndarray | None = None) -> HemisphereScores:
+    """Scores of a set of hemispheres (see :class:`HemisphereScores` for what counts where).
+
+    Args:
+        true_classes: the true class of each hemisphere (name or index); ``None``
+            or a negative index where it is not known (it then counts for
+            neither presence nor class).
+        probabilities: (n, 3) class probabilities of the model.
+        dice, hd95_mm: per hemisphere, from :func:`dice` and :func:`hd95`
+            (``nan`` where there is no true mask or HD95 is undefined).
+        true_voxels: voxels of each true mask (0: no sulcus in the mask).
+        has_mask: whether each hemisphere has a true mask at all (default: all).
+    """
+    dice = np.asarray(dice, dtype=float).ravel()
+    distances = np.asarray(hd95_mm, dtype=float).ravel()
+    voxels = np.asarray(true_voxels).ravel()
+    masked = (np.ones(voxels.size, dtype=bool) if has_mask is None
+              else np.asarray(has_mask, dtype=bool).ravel())
+    if not dice.size == distances.size == voxels.size == masked.size:
+        raise ValueError("dice, hd95_mm, true_voxels and has_mask differ in length")
+    with_sulcus = masked & (voxels > 0)
+    measured = with_sulcus & np.isfinite(distances)
+    known, classes_known = _known_classes(true_classes)
+    if known.size != dice.size:
+        raise ValueError(f"{known.size} classes but {dice.size} mask scores")
+    probs = _as_float_array(probabilities)
+    classes = (classification_metrics(classes_known, probs[known]) if known.any()
+               else _no_classes())
+    return HemisphereScores(
+        n=int(dice.size),
+        dice=float(dice[with_sulcus].mean()) if with_sulcus.any() else float("nan"),
+        dice_n=int(with_sulcus.sum()),
+        hd95_mm=float(distances[measured].mean()) if measured.any() else float("nan"),
+        hd95_n=int(measured.sum()),
+        presence=classes.presence, classes=classes)
+
+
+def _known_classes(true_classes: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(mask of hemispheres with a known class, their class indices)."""
+    if isinstance(true_classes, np.ndarray) and true_classes.dtype.kind in "iu":
+        known = true_classes.ravel() >= 0
+        return known, encode_classes(true_classes.ravel()[known])
+    items = list(np.asarray(true_classes, dtype=object).ravel())
+    known = np.array([v is not None and not (isinstance(v, int | np.integer) and v < 0)
+                      for v in items], dtype=bool)
+    return known, encode_classes([v for v, k in zip(items, known, strict=True) if k])
+
+
+def _no_classes() -> ClassificationMetrics:
+    nan = float("nan")
+    presence = PresenceMetrics(n=0, n_present=0, accuracy=nan, balanced_accuracy=nan, f1=nan,
+                               sensitivity=nan, specificity=nan, roc_auc=nan, tp=0, fp=0,
+                               tn=0, fn=0)
+    k = len(PCS_CLASSES)
+    return ClassificationMetrics(accuracy_3class=nan, confusion=((0,) * k,) * k,
+                                 presence=presence)
 
 
 # ------------------------------------------------------------------ bootstrap
@@ -347,10 +501,58 @@ class ConfidenceInterval:
     n_defined: int
 
 
-def bootstrap_cis(statistic: Callable[[np.ndarray], Mapping[str, float]],
-                  participants: Sequence[str] | np.ndarray, *, n_resamples: int = 1000,
-                  level: float = 0.95, seed: int = 0) -> dict[str, ConfidenceInterval]:
-    """Percentile bootstrap intervals of several statistics, resampling participants.
+@dataclass(frozen=True)
+class BootstrapDraws:
+    """Statistics on all rows and on every participant resample, kept for pairing.
+
+    Two :class:`BootstrapDraws` made with the same participants, seed and
+    number of resamples drew *the same* participants in every resample, so
+    the difference of their draws is the paired bootstrap distribution of the
+    difference (:meth:`difference`): both configurations judged on the same
+    resampled test participants, which removes the between-participant spread
+    that two marginal intervals carry twice.
+
+    Args:
+        estimate: each statistic on all rows.
+        draws: each statistic on every resample, ``(n_resamples,)`` arrays
+            (``nan`` where undefined on that resample).
+        participants: the distinct participants that were resampled (sorted).
+        seed: seed of the resampling.
+    """
+
+    estimate: dict[str, float]
+    draws: dict[str, np.ndarray]
+    participants: tuple[str, ...]
+    seed: int
+
+    @property
+    def n_resamples(self) -> int:
+        return len(next(iter(self.draws.values()))) if self.draws else 0
+
+    def interval(self, name: str, level: float = 0.95) -> ConfidenceInterval:
+        """Percentile interval of statistic ``name``."""
+        return _percentile_interval(self.estimate[name], self.draws[name], level)
+
+    def difference(self, other: BootstrapDraws, name: str, level: float = 0.95,
+                   ) -> ConfidenceInterval:
+        """Paired interval of ``self - other`` for statistic ``name``.
+
+        Raises:
+            ValueError: the two were not drawn on the same participants with
+                the same seed and number of resamples (they would not pair).
+        """
+        if (self.participants, self.seed, self.n_resamples) != (
+                other.participants, other.seed, other.n_resamples):
+            raise ValueError("paired bootstrap draws need the same participants, seed and "
+                             "number of resamples")
+        return _percentile_interval(self.estimate[name] - other.estimate[name],
+                                    self.draws[name] - other.draws[name], level)
+
+
+def bootstrap_draws(statistic: Callable[[np.ndarray], Mapping[str, float]],
+                    participants: Sequence[str] | np.ndarray, *, n_resamples: int = 1000,
+                    seed: int = 0) -> BootstrapDraws:
+    """Statistics on all rows and on ``n_resamples`` participant resamples.
 
     Args:
         statistic: maps an int array of row indices (rows of the caller's
@@ -360,19 +562,17 @@ def bootstrap_cis(statistic: Callable[[np.ndarray], Mapping[str, float]],
             participants with replacement and takes all of their rows, so both
             hemispheres (and all sessions) of a participant stay together.
         n_resamples: number of resamples.
-        level: coverage of the intervals.
-        seed: seed of the resampling; the same seed gives the same intervals.
+        seed: seed of the resampling; the same seed and participants draw the
+            same resamples, whatever the order of the rows.
     """
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must lie in (0, 1), not {level}")
     if n_resamples < 1:
         raise ValueError(f"n_resamples must be positive, not {n_resamples}")
     groups = np.asarray(participants, dtype=object).ravel()
     if groups.size == 0:
         raise ValueError("cannot bootstrap without any rows")
-    _, group_of_row = np.unique(groups.astype(str), return_inverse=True)
-    rows_of_group = [np.flatnonzero(group_of_row == g) for g in range(group_of_row.max() + 1)]
-    estimate = dict(statistic(np.arange(groups.size)))
+    names, group_of_row = np.unique(groups.astype(str), return_inverse=True)
+    rows_of_group = [np.flatnonzero(group_of_row == g) for g in range(len(names))]
+    estimate = {name: float(value) for name, value in statistic(np.arange(groups.size)).items()}
     draws = {name: np.empty(n_resamples) for name in estimate}
     rng = np.random.default_rng(seed)
     for i in range(n_resamples):
@@ -380,16 +580,33 @@ def bootstrap_cis(statistic: Callable[[np.ndarray], Mapping[str, float]],
         values = statistic(np.concatenate([rows_of_group[g] for g in chosen]))
         for name in estimate:
             draws[name][i] = values[name]
+    return BootstrapDraws(estimate=estimate, draws=draws,
+                          participants=tuple(str(n) for n in names), seed=seed)
+
+
+def bootstrap_cis(statistic: Callable[[np.ndarray], Mapping[str, float]],
+                  participants: Sequence[str] | np.ndarray, *, n_resamples: int = 1000,
+                  level: float = 0.95, seed: int = 0) -> dict[str, ConfidenceInterval]:
+    """Percentile bootstrap intervals of several statistics, resampling participants.
+
+    See :func:`bootstrap_draws` for the arguments; ``level`` is the coverage.
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), not {level}")
+    drawn = bootstrap_draws(statistic, participants, n_resamples=n_resamples, seed=seed)
+    return {name: drawn.interval(name, level) for name in drawn.estimate}
+
+
+def _percentile_interval(estimate: float, draws: np.ndarray, level: float,
+                         ) -> ConfidenceInterval:
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), not {level}")
     alpha = (1.0 - level) / 2.0
-    out = {}
-    for name, value in estimate.items():
-        defined = draws[name][~np.isnan(draws[name])]
-        lower, upper = ((float(np.quantile(defined, alpha)), float(np.quantile(defined, 1 - alpha)))
-                        if defined.size else (float("nan"), float("nan")))
-        out[name] = ConfidenceInterval(estimate=float(value), lower=lower, upper=upper,
-                                       level=level, n_resamples=n_resamples,
-                                       n_defined=int(defined.size))
-    return out
+    defined = draws[~np.isnan(draws)]
+    lower, upper = ((float(np.quantile(defined, alpha)), float(np.quantile(defined, 1 - alpha)))
+                    if defined.size else (float("nan"), float("nan")))
+    return ConfidenceInterval(estimate=float(estimate), lower=lower, upper=upper, level=level,
+                              n_resamples=int(draws.size), n_defined=int(defined.size))
 
 
 def bootstrap_ci(statistic: Callable[[np.ndarray], float],

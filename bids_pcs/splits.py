@@ -21,11 +21,21 @@ part sees absent and present sulci in similar proportions:
    each fold the validation participants are taken at even steps along the
    remaining ones, in the ratio ``validation_fraction : train_fraction``.
 
+Label efficiency (``[study] label_fractions``): :func:`label_subsets` draws,
+from a split's training participants, nested subsets holding each fraction of
+them (every smaller subset inside every larger one, so a curve adds labels
+rather than swapping participants), each stratified like the split: the
+participants are shuffled within their stratum and interleaved so that every
+prefix of that order holds the strata in the training part's proportions; a
+subset is a prefix.  :func:`labelled_split` is the split a configuration
+fine-tunes on (validation and test unchanged).
+
 Usage::
 
     strata = participant_strata(labelled.info)           # {"01": 2, "02": 0, ...}
     [split] = make_splits(strata, settings.study, seed=0)
     split.train, split.validation, split.test             # participant labels
+    label_subsets(strata, split.train, (0.25, 1.0), seed=0)   # {0.25: (...), 1.0: (...)}
 """
 
 from __future__ import annotations
@@ -250,3 +260,77 @@ def _even_steps(order: Sequence[str], count: int) -> list[str]:
         return []
     step = len(order) / count
     return [order[int((j + 0.5) * step)] for j in range(count)]
+
+
+def check_label_fractions(fractions: Sequence[float]) -> tuple[float, ...]:
+    """The label fractions, each in (0, 1], without repeats, in the recipe's order.
+
+    Raises:
+        RecipeError: empty, or a fraction outside (0, 1].
+    """
+    values = tuple(dict.fromkeys(float(f) for f in fractions))
+    if not values or any(not 0.0 < f <= 1.0 for f in values):
+        raise RecipeError(f"[study] label_fractions must hold shares in (0, 1], such as "
+                          f"[0.25, 0.5, 1.0], not {list(fractions)}.")
+    return values
+
+
+def label_order(strata: Mapping[str, int], participants: Sequence[str], seed: int,
+                ) -> list[str]:
+    """``participants`` in an order whose every prefix is stratified like the whole.
+
+    Shuffled with ``seed`` within each stratum, then interleaved: position k
+    takes the next participant of the stratum furthest below its share of the
+    first k + 1 (ties: the larger stratum, then the lower one).
+    """
+    rng = np.random.default_rng(seed)
+    groups: dict[int, list[str]] = {}
+    for subject in sorted(participants):
+        groups.setdefault(strata[subject], []).append(subject)
+    queues = {stratum: [members[i] for i in rng.permutation(len(members))]
+              for stratum, members in sorted(groups.items())}
+    total = len(participants)
+    share = {stratum: len(members) / total for stratum, members in queues.items()}
+    taken = dict.fromkeys(queues, 0)
+    order: list[str] = []
+    for position in range(total):
+        open_strata = [s for s in queues if taken[s] < len(queues[s])]
+        stratum = max(open_strata, key=lambda s: ((position + 1) * share[s] - taken[s],
+                                                  len(queues[s]), -s))
+        order.append(queues[stratum][taken[stratum]])
+        taken[stratum] += 1
+    return order
+
+
+def label_subsets(strata: Mapping[str, int], participants: Sequence[str],
+                  fractions: Sequence[float], seed: int = 0) -> dict[float, tuple[str, ...]]:
+    """Nested, stratified subsets of ``participants`` holding each share of them.
+
+    Args:
+        strata: participant -> stratum (see :func:`participant_strata`).
+        participants: the training participants of a split.
+        fractions: shares in (0, 1]; a subset holds ``round(f * n)`` of them,
+            at least one (1.0 is all of them).
+        seed: the same seed and participants give the same subsets.
+
+    Returns:
+        fraction -> sorted participant labels; a smaller fraction's subset
+        lies inside every larger one's.
+    """
+    order = label_order(strata, participants, seed)
+    n = len(order)
+    out = {}
+    for fraction in check_label_fractions(fractions):
+        size = n if fraction >= 1.0 else min(n, max(1, int(round(fraction * n))))
+        out[fraction] = tuple(sorted(order[:size]))
+    return out
+
+
+def labelled_split(split: StudySplit, strata: Mapping[str, int], fraction: float,
+                   seed: int = 0) -> StudySplit:
+    """``split`` with its training part cut to the ``fraction`` subset of :func:`label_subsets`."""
+    if fraction >= 1.0:
+        return split
+    train = label_subsets(strata, split.train, (fraction,), seed=seed)[float(fraction)]
+    return StudySplit(fold=split.fold, train=train, validation=split.validation,
+                      test=split.test)

@@ -168,3 +168,30 @@ def test_unknown_loss_and_strategy_are_refused():
         SupervisedObjective(get_strategy("full"), FinetuneSettings(segmentation_loss="l2"))
     with pytest.raises(RecipeError, match="strategy"):
         get_strategy("everything")
+
+
+def test_the_selection_score_gives_nothing_for_finding_nothing():
+    """An empty, always-"absent" model on a mostly absent set: Dice counts only true sulci."""
+    import numpy as np
+
+    from bids_pcs.finetuning import CropPredictions, score_predictions
+
+    crops = labelled_crops(8)  # odd crops hold a sulcus (class present)
+    n = len(crops)
+    shape = tuple(crops.crops.targets["segmentation"].shape[1:])
+    keep = [0, 2, 4, 6, 1]  # four without a sulcus, one with
+    part = crops.subset(keep)
+    empty = CropPredictions(probabilities=np.tile([0.9, 0.05, 0.05], (len(keep), 1)),
+                            masks=np.zeros((len(keep), *shape), dtype=bool))
+    scores = score_predictions(empty, part, prefix="val_")
+    assert scores["val_dice"] == 0.0 and scores["val_dice_n"] == 1  # the one true sulcus
+    assert scores["val_presence_accuracy"] == pytest.approx(0.8)  # the old score's 0.8 ...
+    assert scores["val_presence_balanced_accuracy"] == 0.5  # ... is chance, balanced
+    assert scores["val_score"] == pytest.approx(0.25)
+    assert not any("hd95" in key for key in scores)  # no SciPy distances per epoch
+    truth = crops.crops.targets["segmentation"].numpy().astype(bool)
+    perfect = CropPredictions(
+        probabilities=np.array([[0.1, 0.8, 0.1] if k % 2 else [0.8, 0.1, 0.1]
+                                for k in range(n)]), masks=truth)
+    best = score_predictions(perfect, crops, prefix="val_")
+    assert best["val_score"] == best["val_dice"] == best["val_presence_balanced_accuracy"] == 1.0

@@ -75,7 +75,9 @@ def test_finetune_level_via_the_cli_writes_a_loadable_model(cohort, tmp_path):
     assert card["training_data"]["n_participants"] + card["training_data"]["validation"][
         "n_participants"] == 3
     assert card["training"]["epochs"] == 2
-    assert {"val_dice", "val_presence_accuracy", "val_score"} <= set(card["metrics"])
+    assert {"val_dice", "val_dice_n", "val_presence_balanced_accuracy", "val_score"} <= set(
+        card["metrics"])
+    assert card["finetuning"]["monitor_definition"].startswith("mean of val_dice")
     log = (model_dir / "training_log.tsv").read_text().splitlines()
     assert len(log) == 3 and "val_dice" in log[0].split("\t")
     network, _ = load_model(model_dir)  # no peft needed: adapters were merged

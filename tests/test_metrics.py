@@ -9,10 +9,12 @@ import torch
 from bids_pcs.metrics import (
     bootstrap_ci,
     bootstrap_cis,
+    bootstrap_draws,
     classification_metrics,
     dice,
     encode_classes,
     hd95,
+    hemisphere_scores,
     mask_metrics,
     presence_metrics,
     presence_probability,
@@ -184,6 +186,53 @@ def test_classification_metrics_from_probabilities():
     assert m.presence.roc_auc == pytest.approx(5 / 6)
 
 
+def test_three_class_balanced_accuracy_and_macro_f1_agree_with_scikit_learn():
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        truth = rng.choice(3, size=30, p=[0.5, 0.4, 0.1])
+        probs = rng.dirichlet([1, 1, 1], size=30)
+        m = classification_metrics(truth, probs)
+        pred = probs.argmax(axis=1)
+        assert m.balanced_accuracy_3class == pytest.approx(balanced_accuracy_score(truth, pred))
+        assert m.macro_f1_3class == pytest.approx(
+            f1_score(truth, pred, average="macro", zero_division=0))
+    # a model that always says "present" on a mostly absent set: accuracy hides it
+    always = classification_metrics([0] * 8 + [1, 2], np.tile([0.1, 0.8, 0.1], (10, 1)))
+    assert always.accuracy_3class == pytest.approx(0.1)
+    assert always.balanced_accuracy_3class == pytest.approx(1 / 3)
+    assert always.macro_f1_3class == pytest.approx((0 + 2 / 11 + 0) / 3)
+
+
+def test_hemisphere_scores_count_each_score_where_it_means_something():
+    # 0: sulcus found; 1: sulcus missed (empty prediction); 2: no sulcus, empty
+    # prediction (Dice would be a free 1); 3: class-only label (no mask)
+    truth = ["present", "prominent", "absent", "present"]
+    probs = [[0.1, 0.8, 0.1], [0.7, 0.2, 0.1], [0.9, 0.05, 0.05], [0.2, 0.7, 0.1]]
+    scores = hemisphere_scores(truth, probs, dice=[0.8, 0.0, 1.0, np.nan],
+                               hd95_mm=[2.5, np.nan, 0.0, np.nan], true_voxels=[50, 40, 0, 0],
+                               has_mask=[True, True, True, False])
+    flat = scores.as_dict()
+    assert (flat["dice"], flat["dice_n"]) == (pytest.approx(0.4), 2)
+    assert (flat["hd95_mm"], flat["hd95_mm_n"]) == (2.5, 1)
+    assert (flat["presence_sensitivity"], flat["presence_sensitivity_n"]) == (
+        pytest.approx(2 / 3), 3)
+    assert (flat["presence_specificity"], flat["presence_specificity_n"]) == (1.0, 1)
+    assert flat["presence_balanced_accuracy"] == pytest.approx((2 / 3 + 1) / 2)
+    assert flat["presence_auc_n"] == flat["macro_f1_3class_n"] == 4
+    # a mask without a class (index -1): Dice only
+    unclassed = hemisphere_scores(np.array([1, -1]), [[0.1, 0.8, 0.1], [0.8, 0.1, 0.1]],
+                                  dice=[0.5, 0.7], hd95_mm=[2.0, 3.0], true_voxels=[9, 9])
+    assert (unclassed.dice_n, unclassed.presence.n) == (2, 1)
+    assert unclassed.as_dict()["presence_specificity_n"] == 0
+    nothing = hemisphere_scores(["absent"], [[0.9, 0.05, 0.05]], dice=[1.0], hd95_mm=[0.0],
+                                true_voxels=[0])
+    assert np.isnan(nothing.dice) and nothing.dice_n == 0 and nothing.hd95_n == 0
+    with pytest.raises(ValueError, match="differ in length"):
+        hemisphere_scores(truth, probs, dice=[1.0], hd95_mm=[0.0] * 4, true_voxels=[1] * 4)
+
+
 def test_unknown_classes_and_bad_shapes_are_refused():
     with pytest.raises(ValueError, match="unknown class 'maybe'"):
         encode_classes(["present", "maybe"])
@@ -256,3 +305,29 @@ def test_bootstrap_of_several_statistics_counts_undefined_resamples():
     assert cis["accuracy"].n_defined == 200
     with pytest.raises(ValueError, match="level"):
         bootstrap_ci(lambda rows: 0.0, participants, level=1.5)
+
+
+def test_paired_differences_resample_the_same_participants():
+    """A constant gain per hemisphere: the paired interval is tight, the marginal ones overlap."""
+    rng = np.random.default_rng(0)
+    participants = np.repeat([f"{i:02d}" for i in range(30)], 2)
+    base = rng.uniform(0.2, 0.9, size=60)  # participants differ a lot
+    better = base + 0.03
+
+    def mean_of(values):
+        return lambda rows: {"dice": float(values[rows].mean())}
+
+    shuffled = rng.permutation(60)  # the row order must not matter, only the participants
+    a = bootstrap_draws(mean_of(better[shuffled]), participants[shuffled], n_resamples=400,
+                        seed=2)
+    b = bootstrap_draws(mean_of(base), participants, n_resamples=400, seed=2)
+    paired = a.difference(b, "dice")
+    assert paired.estimate == pytest.approx(0.03)
+    assert paired.lower == pytest.approx(0.03) and paired.upper == pytest.approx(0.03)
+    marginal_a, marginal_b = a.interval("dice"), b.interval("dice")
+    assert marginal_a.lower < marginal_b.upper  # the marginal intervals overlap
+    assert bootstrap_cis(mean_of(base), participants, n_resamples=400, seed=2)["dice"] == \
+        marginal_b
+    other = bootstrap_draws(mean_of(base[:58]), participants[:58], n_resamples=400, seed=2)
+    with pytest.raises(ValueError, match="same participants"):
+        a.difference(other, "dice")

@@ -1,11 +1,14 @@
-"""`bids_pcs ... study` end to end: a 2 x 2 quick grid on a synthetic cohort, then a rerun.
+"""`bids_pcs ... study` end to end: a 2 x 2 quick grid at two label fractions, then a rerun.
 
 One module-scoped run (6 labelled participants and one unlabelled on the MNI
 anatomy, plus a one-participant ``--pretrain-data`` cohort, the
 ``study-quick`` recipe with 1 pre-training and 2 fine-tuning epochs, methods
-scratch and reconstruction, strategies top and full) goes through the CLI as a
-user would; the tests read its outputs.  Registration runs for real (without N4, which the
-study's logic does not depend on, to keep CI short).
+scratch and reconstruction, strategies top and full, label fractions 0.5 and
+1.0) goes through the CLI as a user would; the tests read its outputs.
+Registration runs for real (without N4, which the study's logic does not
+depend on, to keep CI short).  The statistics themselves (seeds, folds, paired
+differences, the reading) are tested on hand-made records in
+test_study_statistics.py.
 """
 
 from __future__ import annotations
@@ -24,12 +27,12 @@ from bids_pcs.config import load_settings
 from bids_pcs.models.model_io import read_model_card
 from bids_pcs.splits import StudySplit
 from bids_pcs.study.plan import Configuration, Pretraining, configuration_key, pretraining_key
-from bids_pcs.study.reading import reading
 from bids_pcs.study.scoring import METRICS
 from bids_pcs.study.table import COLUMNS
 from bids_pcs.synth import SynthOptions, make_cohort
 
 GRID = {"methods": ["scratch", "reconstruction"], "strategies": ["top", "full"]}
+CELLS = ["scratch-top", "scratch-full", "reconstruction-top", "reconstruction-full"]
 
 
 def _study_command(summary, output_dir, work_dir, cohort):
@@ -37,6 +40,7 @@ def _study_command(summary, output_dir, work_dir, cohort):
             "--pretrain-data", cohort,
             "--recipe", "study-quick", "--methods", *GRID["methods"],
             "--strategies", *GRID["strategies"], "--set", "pretrain.epochs=1",
+            "--set", "study.label_fractions=[0.5, 1.0]",
             "--set", "finetune.epochs=2", "--set", "study.bootstrap_samples=200",
             "--set", "registration.n4=false", "--skip-bids-validation", "-w", work_dir,
             "--nprocs", "2", "--omp-nthreads", "2", "--device", "cpu"]
@@ -86,24 +90,28 @@ def _table(output_dir) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-def test_the_table_has_a_row_per_configuration_with_sane_values(study_run):
+def test_the_table_has_a_row_per_configuration_and_fraction_with_sane_values(study_run):
     _, output_dir, *_ = study_run
     table = _table(output_dir)
     assert list(table.columns) == list(COLUMNS)
-    assert table["configuration"].tolist() == [
-        "scratch-top", "scratch-full", "reconstruction-top", "reconstruction-full"]
-    assert (table["n_folds"] == 1).all()
-    assert (table["n_test_participants"] == 1).all() and (table["n_test_crops"] == 2).all()
+    assert table["configuration"].tolist() == CELLS + [f"{c}_labels-50pct" for c in CELLS]
+    assert (table["n_folds"] == 1).all() and (table["n_seeds"] == 1).all()
+    assert (table["n_test_participants"] == 1).all() and (table["n_test_hemispheres"] == 2).all()
     assert (table["n_train_participants"] == 4).all()
-    # fine-tuning learnt from 4 labelled images (8 hemispheres); pre-training from those,
-    # the unlabelled sub-07 and the extra cohort's image: 6 (none of the held-out ones)
-    assert (table["finetune_images"] == 4).all() and (table["finetune_labels"] == 8).all()
-    assert table.set_index("method")["pretrain_images"].to_dict() == {
-        "scratch": 0, "reconstruction": 6}
+    assert table.set_index("configuration")["n_labelled_participants"].to_dict() == {
+        **dict.fromkeys(CELLS, 4), **dict.fromkeys((f"{c}_labels-50pct" for c in CELLS), 2)}
+    # fine-tuning learnt from the labelled images (2 hemispheres each); pre-training from the
+    # 4 training images, the unlabelled sub-07 and the extra cohort's image: 6 (none of the
+    # held-out ones), whatever the label fraction
+    assert (table["finetune_images"] == table["n_labelled_participants"]).all()
+    assert (table["finetune_labels"] == 2 * table["n_labelled_participants"]).all()
+    assert table.groupby("method")["pretrain_images"].unique().map(list).to_dict() == {
+        "scratch": [0], "reconstruction": [6]}
     for metric in METRICS:
         for row in table.itertuples():
             value = getattr(row, metric)
             low, high = getattr(row, f"{metric}_ci_lower"), getattr(row, f"{metric}_ci_upper")
+            assert getattr(row, f"{metric}_n") <= 2
             if math.isnan(value):
                 continue
             if metric == "hd95_mm":
@@ -112,8 +120,21 @@ def test_the_table_has_a_row_per_configuration_with_sane_values(study_run):
                 assert 0.0 <= value <= 1.0, (row.configuration, metric, value)
             if not math.isnan(low):
                 assert low - 1e-9 <= value <= high + 1e-9, (row.configuration, metric)
+    assert (table["presence_balanced_accuracy_n"] == 2).all()
+    # paired differences: against scratch for the pre-trained rows, against full for top
+    rows = table.set_index("configuration")
+    for fraction in ("", "_labels-50pct"):
+        assert math.isnan(rows.loc[f"scratch-top{fraction}", "dice_vs_scratch"])
+        assert math.isnan(rows.loc[f"reconstruction-full{fraction}", "dice_vs_full"])
+        for mine, reference, column in (
+                ("reconstruction-top", "scratch-top", "presence_balanced_accuracy_vs_scratch"),
+                ("scratch-top", "scratch-full", "presence_balanced_accuracy_vs_full")):
+            metric = column.split("_vs_")[0]
+            expected = rows.loc[mine + fraction, metric] - rows.loc[reference + fraction, metric]
+            assert rows.loc[mine + fraction, column] == pytest.approx(expected, abs=1e-9)
     assert (table["finetune_seconds"] > 0).all() and (table["seconds_per_epoch"] > 0).all()
     assert (table["epochs"] == 2).all()
+    assert (table["learning_rate"] > 0).all()
     assert (table["peak_memory_mb"] >= table["baseline_memory_mb"]).all()
     assert (table["baseline_memory_mb"] > 50).all()
     assert set(table["memory_kind"]) == {"cpu_peak_rss"} and set(table["device"]) == {"cpu"}
@@ -122,9 +143,37 @@ def test_the_table_has_a_row_per_configuration_with_sane_values(study_run):
     assert (scratch["pretrain_seconds"] == 0).all()
     assert scratch["pretrain_peak_memory_mb"].isna().all()
     assert (pretrained["pretrain_seconds"] > 0).all()
-    assert pretrained["pretrain_seconds"].nunique() == 1  # one pre-training, shared
+    assert pretrained["pretrain_seconds"].nunique() == 1  # one pre-training, every fraction
     summed = table["pretrain_seconds"] + table["finetune_seconds"]
     assert np.allclose(table["total_seconds"], summed, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_test_scores_are_on_the_native_grid_against_the_native_labels(study_run):
+    import nibabel as nib
+
+    summary, output_dir, *_ = study_run
+    record = json.loads((output_dir / "study" / "configurations" /
+                         "reconstruction-full.json").read_text())
+    assert record["test_grid"] == "native T1w"
+    labels = {"L": 1, "R": 2}
+    for row in record["test_rows"]:
+        [t1w] = (summary.bids_dir / f"sub-{row['participant']}" / "anat").glob("*_T1w.nii*")
+        [dseg] = (summary.labels_dir / f"sub-{row['participant']}" / "anat").glob(
+            "*_dseg.nii*")
+        image = nib.load(t1w)
+        # the image's own (often anisotropic) voxel size, and the native label's voxel count
+        assert row["spacing_mm"] == pytest.approx(image.header.get_zooms()[:3], abs=1e-4)
+        truth = np.asanyarray(nib.load(dseg).dataobj) == labels[row["hemisphere"]]
+        assert row["true_voxels"] == int(truth.sum())
+        assert row["has_mask"] is True and 0.0 <= row["dice"] <= 1.0
+        assert row["predicted_class"] in ("absent", "present", "prominent")
+    scores = record["test_scores"]
+    with_sulcus = sum(1 for r in record["test_rows"] if r["true_voxels"] > 0)
+    assert scores["dice_n"] == with_sulcus
+    card = read_model_card(output_dir / "models" / "study-reconstruction-full")
+    assert "val_dice_n" in card["metrics"] and not any("hd95" in k for k in card["metrics"])
+    assert card["training"]["optimizer"]["schedule"]["kind"] == "cosine"
 
 
 @pytest.mark.slow
@@ -182,13 +231,16 @@ def test_the_page_json_and_figures_are_written(study_run):
     study_dir = output_dir / "study"
     page = (study_dir / "study.html").read_text()
     for text in ("Reading of the results", "scratch-top", "reconstruction-full",
+                 "Paired differences", "Label efficiency", "n = 2",
                  "data:image/png;base64,"):
         assert text in page
     figures = {p.stem for p in (study_dir / "figures").glob("*.png")}
     assert {"accuracy_vs_time", "accuracy_vs_memory", "heatmap_dice",
-            "heatmap_presence_accuracy", "heatmap_accuracy_3class"} <= figures
+            "heatmap_presence_balanced_accuracy", "heatmap_macro_f1_3class",
+            "label_efficiency"} <= figures
     study = json.loads((study_dir / "study.json").read_text())
-    assert study["grid"] == {**GRID, "folds": [0]}
+    assert study["grid"] == {**GRID, "folds": [0], "label_fractions": [0.5, 1.0],
+                             "training_seeds": [0]}
     assert [c["configuration"] for c in study["configurations"]] == _table(output_dir)[
         "configuration"].tolist()
     assert study["failed"] == []
@@ -196,16 +248,17 @@ def test_the_page_json_and_figures_are_written(study_run):
         "pretraining_data"]
     assert "1 --pretrain-data dataset" in study["design"]["pretraining_data"]
     assert "6 images / 8 hemisphere labels" in page
-    logs = {p.name.split("_")[0] for p in (output_dir / "logs").glob("study-*.log")}
-    assert logs == {"study-pretrain-reconstruction", "study-scratch-top", "study-scratch-full",
-                    "study-reconstruction-top", "study-reconstruction-full"}
+    assert "native T1w grid" in study["design"]["test_scores"]
+    logs = {p.name.rsplit("_", 1)[0] for p in (output_dir / "logs").glob("study-*.log")}
+    assert logs == {"study-pretrain-reconstruction", *(f"study-{c}" for c in CELLS),
+                    *(f"study-{c}_labels-50pct" for c in CELLS)}
 
 
 @pytest.mark.slow
 def test_a_rerun_skips_finished_jobs_and_gives_the_same_table(study_run):
     _, output_dir, first, first_seconds, second, second_seconds, first_table = study_run
     assert (output_dir / "study" / "study.tsv").read_text() == first_table
-    assert second.stderr.count("already done") == 5
+    assert second.stderr.count("already done") == 9
     assert "starting" not in second.stderr
     assert second_seconds < first_seconds / 2, (first_seconds, second_seconds)
 
@@ -232,65 +285,18 @@ def test_job_keys_follow_what_each_job_depends_on():
                            "data") != key
 
 
-def test_the_reading_is_written_from_the_numbers():
-    rows = []
-    for method, dice in (("scratch", 0.50), ("reconstruction", 0.70)):
-        for strategy, seconds in (("top", 10.0), ("full", 40.0)):
-            row = {c: float("nan") for c in COLUMNS}
-            row.update(configuration=f"{method}-{strategy}", method=method, strategy=strategy,
-                       n_folds=1, n_test_participants=40, n_test_crops=80,
-                       finetune_seconds=seconds, pretrain_seconds=0.0 if method == "scratch"
-                       else 100.0, peak_memory_mb=seconds * 10, memory_kind="cpu_peak_rss",
-                       trainable_fraction=0.01 if strategy == "top" else 1.0)
-            for metric, value in (("dice", dice + (0.05 if strategy == "full" else 0.0)),
-                                  ("presence_accuracy", 0.8)):
-                row[metric] = value
-                row[f"{metric}_ci_lower"], row[f"{metric}_ci_upper"] = value - 0.02, value + 0.02
-            rows.append(row)
-    text = " ".join(reading(pd.DataFrame(rows, columns=list(COLUMNS))))
-    assert "Best for segmentation (test Dice): reconstruction-full at 0.750" in text
-    assert "reconstruction +0.200 (better in 2 of 2 strategies)" in text
-    assert "reconstruction-top (above scratch)" in text
-    assert "Fine-tuning took from 10.0 s (scratch-top) to 40.0 s (scratch-full)" in text
-    assert "Top tuning took 0.25 times" in text
-    assert "40 held-out participants" in text and "indicative only" not in text
-
-
-def _record(fold: int, subjects: list[str], seconds: float, peak: float) -> dict:
-    rows = [{"participant": s, "true_class": "present" if i % 2 else "absent",
-             "probabilities": [0.2, 0.7, 0.1] if i % 2 else [0.6, 0.3, 0.1],
-             "dice": 0.5 + 0.1 * (i % 3), "hd95_mm": None if i == 0 else 2.0 * i}
-            for i, s in enumerate(subjects)]
-    return {"test_rows": rows, "finetune_seconds": seconds, "seconds_per_epoch": seconds / 2,
-            "epochs": 2, "best_epoch": 1 + fold % 2, "peak_memory_mb": peak,
-            "baseline_memory_mb": 400.0, "memory_kind": "cpu_peak_rss", "device": "cpu",
-            "trainable_parameters": 10, "training_parameters": 112, "total_parameters": 100,
-            "trainable_fraction": 0.1, "n_train_participants": 4}
-
-
-def test_folds_are_pooled_into_one_row_per_configuration():
-    from bids_pcs.study.plan import Grid
-    from bids_pcs.study.table import results_table, table_to_tsv
-
-    grid = Grid(methods=("scratch", "contrastive"), strategies=("lora",), folds=(1, 2))
-    configurations = {
-        Configuration("scratch", "lora", 1): _record(1, ["01", "02", "03"], 10.0, 500.0),
-        Configuration("scratch", "lora", 2): _record(2, ["04", "05", "06"], 20.0, 700.0),
-        Configuration("contrastive", "lora", 1): _record(1, ["01", "02", "03"], 5.0, 450.0),
-        # contrastive's second fold failed: no row for it
-    }
-    pretrainings = {Pretraining("contrastive", 1): {"seconds": 30.0, "peak_memory_mb": 900.0}}
-    table = results_table(grid, configurations, pretrainings, n_resamples=50, seed=0)
-    assert table["configuration"].tolist() == ["scratch-lora"]
-    row = table.iloc[0]
-    assert (row["n_folds"], row["n_test_participants"], row["n_test_crops"]) == (2, 6, 6)
-    assert row["finetune_seconds"] == 15.0 and row["peak_memory_mb"] == 700.0
-    assert row["best_epoch"] == 1.5 and row["pretrain_seconds"] == 0.0
-    assert (row["frozen_parameters"], row["adapter_parameters"]) == (102, 12)
-    assert row["dice"] == pytest.approx(np.mean([0.5, 0.6, 0.7] * 2))
-    assert row["hd95_mm"] == pytest.approx(np.mean([2.0, 4.0, 2.0, 4.0]))
-    assert row["presence_accuracy"] == 1.0 and row["accuracy_3class"] == 1.0
-    assert row["dice_ci_lower"] <= row["dice"] <= row["dice_ci_upper"]
-    text = table_to_tsv(table)
-    assert text.splitlines()[0].split("\t") == list(COLUMNS)
-    assert "n/a" in text.splitlines()[1]  # no pre-training memory from scratch
+@pytest.mark.slow
+def test_label_fractions_fine_tune_on_nested_subsets_of_the_training_labels(study_run):
+    _, output_dir, *_ = study_run
+    study = json.loads((output_dir / "study" / "study.json").read_text())
+    [split] = [StudySplit.from_dict(s) for s in study["splits"]]
+    subsets = study["label_subsets"]["fold-0"]["seed-0"]
+    assert set(subsets["0.5"]) < set(subsets["1"]) == set(split.train)
+    for cell in CELLS:
+        record = json.loads((output_dir / "study" / "configurations" /
+                             f"{cell}_labels-50pct.json").read_text())
+        assert record["n_labelled_participants"] == 2 and record["label_fraction"] == 0.5
+        card = read_model_card(output_dir / "models" / f"study-{cell}_labels-50pct")
+        assert card["training_data"]["participants"] == subsets["0.5"]
+        assert card["training_data"]["validation"]["participants"] == list(split.validation)
+    assert (output_dir / "study" / "figures" / "label_efficiency.png").is_file()

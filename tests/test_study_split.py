@@ -12,7 +12,10 @@ from bids_pcs.finetuning.data import CropInfo
 from bids_pcs.splits import (
     StudySplit,
     check_fractions,
+    check_label_fractions,
     kfold_splits,
+    label_subsets,
+    labelled_split,
     make_splits,
     part_sizes,
     participant_strata,
@@ -138,3 +141,46 @@ def test_finetuning_the_study_and_the_demo_hold_out_with_the_one_split():
     assert train == list(reference.train)
     counts = [sum(demo_strata[s] == k for s in held) for k in range(3)]
     assert counts == [1, 1, 1]  # strata of 4, 6 and 2 participants: one of each held out
+
+
+@given(strata=strata_maps, seed=st.integers(0, 2**31),
+       fractions=st.lists(st.sampled_from([0.05, 0.1, 0.25, 0.5, 0.75, 1.0]), min_size=1,
+                          max_size=5, unique=True))
+@settings(max_examples=150, deadline=None)
+def test_label_subsets_are_nested_stratified_and_of_the_asked_size(strata, seed, fractions):
+    participants = sorted(strata)
+    subsets = label_subsets(strata, participants, fractions, seed=seed)
+    n = len(participants)
+    ordered = sorted(subsets)
+    for small, large in zip(ordered, ordered[1:], strict=False):
+        assert set(subsets[small]) <= set(subsets[large])  # labels are added, never swapped
+    for fraction, subset in subsets.items():
+        size = n if fraction == 1.0 else max(1, round(fraction * n))
+        assert len(subset) == size and len(set(subset)) == size
+        assert set(subset) <= set(participants)
+        for stratum in set(strata.values()):  # each stratum within one of its share
+            share = sum(strata[p] == stratum for p in participants) / n
+            count = sum(strata[p] == stratum for p in subset)
+            assert abs(count - share * size) < 1 + 1e-9, (fraction, stratum)
+    assert label_subsets(strata, participants, fractions, seed=seed) == subsets
+
+
+def test_label_subsets_follow_the_seed_and_keep_validation_and_test():
+    strata = {f"{i:02d}": i % 3 for i in range(40)}
+    split = StudySplit(fold=2, train=tuple(sorted(strata))[:30], validation=("30", "31"),
+                       test=tuple(f"{i}" for i in range(32, 40)))
+    a, b = (label_subsets(strata, split.train, (0.1, 0.5), seed=s) for s in (0, 1))
+    assert a != b
+    assert sorted(strata[p] for p in a[0.1]) == [0, 1, 2]
+    cut = labelled_split(split, strata, 0.5, seed=0)
+    assert cut.train == a[0.5] and (cut.validation, cut.test, cut.fold) == (
+        split.validation, split.test, 2)
+    assert labelled_split(split, strata, 1.0, seed=0) is split
+
+
+@pytest.mark.bad_input("recipe:label fraction 0", "recipe:label fraction above 1")
+def test_label_fractions_outside_zero_to_one_are_refused():
+    assert check_label_fractions([0.5, 1, 0.5]) == (0.5, 1.0)
+    for bad in ([0.0, 1.0], [1.5], []):
+        with pytest.raises(RecipeError, match="label_fractions must hold shares"):
+            check_label_fractions(bad)

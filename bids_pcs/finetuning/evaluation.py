@@ -4,19 +4,28 @@ Used every epoch on the validation crops (to keep the best epoch), and by the
 study on held-out crops.  A crop's predicted mask is ``p(PCS) > threshold``
 (softmax of the two voxel logits); its predicted class the most probable one.
 
-Scores (prefixed, e.g. ``val_dice``):
+Scores (prefixed, e.g. ``val_dice``), on the crop grid, from
+:func:`bids_pcs.metrics.hemisphere_scores`, each with its count (``_n``):
 
-- ``dice``: mean Dice over crops (a crop with neither a true nor a predicted
-  PCS voxel scores 1, see :func:`bids_pcs.metrics.dice`);
-- ``hd95_mm``: mean HD95 over crops where it is defined;
-- ``presence_accuracy``, ``presence_balanced_accuracy``, ``accuracy_3class``;
-- ``score``: ``(w_seg x dice + w_cls x presence_accuracy) / (w_seg + w_cls)``
-  with the loss weights of ``[finetune]``; the best epoch maximises it.
+- ``dice``: mean Dice over the crops whose target has a sulcus (a crop
+  without one would score a free 1 for an empty prediction, and a model that
+  never finds a sulcus would look good on a cohort with many absent ones);
+- ``presence_balanced_accuracy``, ``presence_sensitivity``,
+  ``presence_specificity``, ``presence_auc``, ``presence_accuracy``,
+  ``accuracy_3class``, ``balanced_accuracy_3class``, ``macro_f1_3class``;
+- ``score``: the mean of ``dice`` and ``presence_balanced_accuracy`` (either
+  alone where the other is undefined, e.g. no validation crop with a
+  sulcus): both tasks weigh the same and neither rewards predicting the
+  majority. The best epoch maximises it.
+
+No HD95 here: best-epoch selection does not use it, and its distance
+transforms would cost SciPy time every epoch. The study measures HD95 on the
+native grid, in millimetres, once per test set (:mod:`bids_pcs.study.native`).
 
 Usage::
 
     predictions = predict_crops(network, labelled.crops, batch_size=2, device=device)
-    scores = score_predictions(predictions, labelled, weights=(0.8, 0.2), prefix="test_")
+    scores = score_predictions(predictions, labelled, prefix="val_")
 """
 
 from __future__ import annotations
@@ -76,33 +85,34 @@ def predict_crops(network: nn.Module, crops: CropSet, *, batch_size: int = 2,
     )
 
 
+SCORE_DEFINITION = ("mean of val_dice (crops whose target has a sulcus) and "
+                    "val_presence_balanced_accuracy (all crops), on the crop grid")
+SCORE_KEYS: tuple[str, ...] = (
+    "dice", "presence_balanced_accuracy", "presence_sensitivity", "presence_specificity",
+    "presence_auc", "presence_accuracy", "accuracy_3class", "balanced_accuracy_3class",
+    "macro_f1_3class")
+
+
 def score_predictions(predictions: CropPredictions, labelled: LabelledCrops, *,
-                      weights: tuple[float, float] = (0.8, 0.2), prefix: str = "val_",
-                      ) -> dict[str, float]:
+                      prefix: str = "val_") -> dict[str, float]:
     """Mask and class scores of ``predictions`` against the targets of ``labelled``."""
     truth_masks = labelled.crops.targets["segmentation"].numpy().astype(bool)
     truth_classes = labelled.crops.targets["classification"].numpy()
     dices = [metrics.dice(p, t) for p, t in zip(predictions.masks, truth_masks, strict=True)]
-    distances = np.array([metrics.hd95(p, t) for p, t in
-                          zip(predictions.masks, truth_masks, strict=True)])
-    classes = metrics.classification_metrics(truth_classes, predictions.probabilities)
-    dice = float(np.mean(dices))
-    presence = classes.presence.accuracy
-    w_seg, w_cls = weights
-    scores = {
-        "dice": dice,
-        "hd95_mm": float(np.nanmean(distances)) if np.isfinite(distances).any() else float("nan"),
-        "presence_accuracy": presence,
-        "presence_balanced_accuracy": classes.presence.balanced_accuracy,
-        "accuracy_3class": classes.accuracy_3class,
-        "score": (w_seg * dice + w_cls * presence) / (w_seg + w_cls),
-    }
-    return {f"{prefix}{key}": float(value) for key, value in scores.items()}
+    has_mask = [getattr(item, "has_mask", True) for item in labelled.info]
+    scores = metrics.hemisphere_scores(
+        truth_classes, predictions.probabilities, dice=dices,
+        hd95_mm=np.full(len(dices), np.nan), true_voxels=truth_masks.reshape(
+            len(dices), -1).sum(axis=1), has_mask=has_mask).as_dict()
+    out = {key: scores[key] for key in SCORE_KEYS}
+    out.update({f"{key}_n": scores[f"{key}_n"] for key in ("dice", "presence_balanced_accuracy")})
+    terms = [v for v in (out["dice"], out["presence_balanced_accuracy"]) if np.isfinite(v)]
+    out["score"] = float(np.mean(terms)) if terms else float("nan")
+    return {f"{prefix}{key}": float(value) for key, value in out.items()}
 
 
 def make_evaluator(labelled: LabelledCrops, *, batch_size: int, device: torch.device,
-                   threshold: float = 0.5, weights: tuple[float, float] = (0.8, 0.2),
-                   prefix: str = "val_", crops: CropSet | None = None,
+                   threshold: float = 0.5, prefix: str = "val_", crops: CropSet | None = None,
                    ) -> Callable[[nn.Module], dict[str, float]]:
     """The engine's per-epoch ``evaluate`` hook on ``labelled`` (moved to ``device`` once).
 
@@ -114,6 +124,6 @@ def make_evaluator(labelled: LabelledCrops, *, batch_size: int, device: torch.de
     def evaluate(network: nn.Module) -> dict[str, float]:
         predictions = predict_crops(network, on_device, batch_size=batch_size, device=device,
                                     threshold=threshold)
-        return score_predictions(predictions, labelled, weights=weights, prefix=prefix)
+        return score_predictions(predictions, labelled, prefix=prefix)
 
     return evaluate

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from bids_pcs.training.plots import save_figure
 
-_SHOWN = ("val_dice", "val_presence_accuracy", "val_accuracy_3class", "val_score")
+_SHOWN = ("val_dice", "val_presence_balanced_accuracy", "val_balanced_accuracy_3class",
+          "val_score")
 
 
 def plot_validation_curve(history: list[dict[str, float]], path: str | os.PathLike[str],

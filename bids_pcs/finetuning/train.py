@@ -12,7 +12,7 @@ Usage::
     result = finetune(settings, train, validation, init="/out/models/pretrain-contrastive",
                       model_dir="/out/models/finetune-contrastive-lora")
     result.network          # a plain PcsNetwork (eval mode, on the CPU)
-    result.metrics          # {"val_dice": ..., "val_presence_accuracy": ..., ...}
+    result.metrics          # {"val_dice": ..., "val_presence_balanced_accuracy": ..., ...}
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 from bids_pcs.config import FinetuneSettings, RecipeError, Settings
 from bids_pcs.errors import ModelFileError
 from bids_pcs.finetuning.data import LabelledCrops
-from bids_pcs.finetuning.evaluation import make_evaluator
+from bids_pcs.finetuning.evaluation import SCORE_DEFINITION, make_evaluator
 from bids_pcs.finetuning.frozen_outputs import cache_frozen_outputs, frozen_part
 from bids_pcs.finetuning.objective import SupervisedObjective
 from bids_pcs.finetuning.plots import plot_validation_curve
@@ -288,9 +288,8 @@ def finetune(settings: Settings, train: LabelledCrops, validation: LabelledCrops
     engine = Engine(network, objective, config, device=device, context=context)
     train_crops, validation_crops = _keep_frozen_outputs(
         network, objective, train, validation, settings, device, config.mixed_precision)
-    weights = (ft.segmentation_weight, ft.classification_weight)
     evaluate = (make_evaluator(validation, batch_size=ft.batch_size, device=device,
-                               threshold=settings.inference.threshold, weights=weights,
+                               threshold=settings.inference.threshold,
                                crops=validation_crops)
                 if validation is not None else None)
     result = engine.fit(train_crops, evaluate=evaluate)
@@ -318,6 +317,8 @@ def finetune(settings: Settings, train: LabelledCrops, validation: LabelledCrops
         extra={"finetuning": {"strategy": strategy_summary, "init": source.summary(),
                               "head_bias_prior": head_prior,
                               "monitor": MONITOR if validation is not None else None,
+                              "monitor_definition": (SCORE_DEFINITION if validation is not None
+                                                     else "none: the last epoch is kept"),
                               "best_epoch": (result.best_epoch + 1
                                              if result.best_epoch is not None else None)}},
     )

@@ -78,7 +78,7 @@ def run(settings: Settings) -> None:
     cache = cache_labelled_crops(settings, pairs, work_dir)
     strata = participant_strata(cache.info)
     splits = make_splits(strata, settings.study, seed=settings.run.seed)
-    grid = plan_grid(settings.study, [split.fold for split in splits])
+    grid = plan_grid(settings.study, [split.fold for split in splits], settings.run.seed)
     write_split_table(study_dir / SPLIT_NAME, splits, cache, strata)
     _log_plan(grid, splits)
     # the pool is preprocessed (unlabelled and extra images too) only when a method pre-trains
@@ -86,16 +86,17 @@ def run(settings: Settings) -> None:
                                    work_dir) if grid.pretrainings else None)
 
     runner = JobRunner(settings, cache, {s.fold: s for s in splits}, study_dir, work_dir,
-                       total=len(grid.pretrainings) + len(grid.configurations), pool=pool)
+                       total=len(grid.pretrainings) + len(grid.configurations), pool=pool,
+                       strata=strata)
     for job in grid.pretrainings:
         runner.pretraining(job)
     for job in grid.configurations:
         runner.configuration(job)
 
     table = write_outputs(study_dir, settings, grid, splits, cache, runner.configurations,
-                          runner.pretrainings, runner.failed, skipped, pool=pool)
-    LOGGER.info("Study written to %s: %d of %d configurations in study.tsv, study.html.",
-                study_dir, len(table), len(grid.cells))
+                          runner.pretrainings, runner.failed, skipped, strata, pool=pool)
+    LOGGER.info("Study written to %s: %d of %d rows in study.tsv, study.html.",
+                study_dir, len(table), len(grid.rows))
     if runner.failed:
         raise StudyError(
             f"{len(runner.failed)} study job(s) failed ({', '.join(runner.failed[:5])}"
@@ -106,11 +107,15 @@ def run(settings: Settings) -> None:
 
 def _log_plan(grid: Grid, splits: list[StudySplit]) -> None:
     first = splits[0]
+    seeds = [s for s in grid.seeds if s is not None]
     LOGGER.info(
-        "Study grid: %d initialisation(s) (%s) x %d strategies (%s), %s; %d pre-training(s), "
-        "%d configuration(s); participants train/validation/test %d/%d/%d%s.",
+        "Study grid: %d initialisation(s) (%s) x %d strategies (%s), %s, label fraction(s) %s, "
+        "%s; %d pre-training(s), %d fine-tuning(s); participants train/validation/test "
+        "%d/%d/%d%s.",
         len(grid.methods), ", ".join(grid.methods), len(grid.strategies),
         ", ".join(grid.strategies),
-        f"{len(splits)} folds" if first.fold else "one split", len(grid.pretrainings),
-        len(grid.configurations), len(first.train), len(first.validation), len(first.test),
-        " per fold" if first.fold else "")
+        f"{len(splits)} folds" if first.fold else "one split",
+        ", ".join(f"{f:g}" for f in grid.label_fractions),
+        f"training seeds {', '.join(map(str, seeds))}" if seeds else "one training seed",
+        len(grid.pretrainings), len(grid.configurations), len(first.train),
+        len(first.validation), len(first.test), " per fold" if first.fold else "")

@@ -14,8 +14,12 @@ source paper (arXiv 2405.19204) from these small parts:
   pre-training and configuration in its own process, with its time and peak
   memory (:mod:`bids_pcs.training.memory`);
 - :mod:`~bids_pcs.study.records`: one result file per job, written atomically;
+- :mod:`~bids_pcs.study.native`: test predictions mapped to the native T1w
+  grid and scored against the native labels, as a user receives them;
 - :mod:`~bids_pcs.study.scoring` and :mod:`~bids_pcs.study.table`: test
-  scores with bootstrap intervals over participants, one row per configuration;
+  scores with their counts and participant-bootstrap intervals, one row per
+  method x strategy x label fraction (folds and training seeds pooled), and
+  paired differences against scratch and against full fine-tuning;
 - :mod:`~bids_pcs.study.figures`, :mod:`~bids_pcs.study.reading`,
   :mod:`~bids_pcs.study.page` and :mod:`~bids_pcs.study.outputs`: figures, a
   reading of the results written from the numbers, the HTML page and files.

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 LOGGER = logging.getLogger(__name__)
 TENSORS_NAME = "labelled_crops.safetensors"
 INFO_NAME = "labelled_crops.json"
+CACHE_FORMAT = 2  # 2: image sources for native-grid scoring; a cache of another format is rebuilt
 
 
 @dataclass(frozen=True)
@@ -56,23 +57,37 @@ class CropCache:
         sha256: its SHA-256, checked on every read.
         data_digest: digest of the crops, targets and crop records (part of job keys).
         info: one record per crop, in file order.
+        images: image prefix -> where its T1w and native label dseg are
+            (:func:`image_source`), for scoring on the native grid.
     """
 
     tensors: Path
     sha256: str
     data_digest: str
     info: tuple[CropInfo, ...]
+    images: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"tensors": str(self.tensors), "sha256": self.sha256,
                 "data_digest": self.data_digest,
-                "info": [dataclasses.asdict(item) for item in self.info]}
+                "info": [dataclasses.asdict(item) for item in self.info],
+                "images": self.images}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CropCache:
         return cls(tensors=Path(data["tensors"]), sha256=data["sha256"],
                    data_digest=data["data_digest"],
-                   info=tuple(CropInfo(**item) for item in data["info"]))
+                   info=tuple(CropInfo(**item) for item in data["info"]),
+                   images=dict(data.get("images") or {}))
+
+
+def image_source(record: LabelRecord) -> dict[str, Any]:
+    """Where one labelled image is: its T1w (rebuilds the ``T1wImage``) and native dseg."""
+    image = record.image
+    dseg = getattr(record, "dseg_path", None)
+    return {"path": str(image.path), "subject": image.subject, "session": image.session,
+            "entities": [list(pair) for pair in image.entities], "relpath": image.relpath,
+            "dseg": str(dseg) if dseg else None}
 
 
 def cache_labelled_crops(settings: Settings,
@@ -94,7 +109,8 @@ def cache_labelled_crops(settings: Settings,
     sha256 = write_tensors(tensors_path, tensors)
     cache = CropCache(tensors=tensors_path, sha256=sha256,
                       data_digest=data_digest(tensors, labelled.info),
-                      info=tuple(labelled.info))
+                      info=tuple(labelled.info),
+                      images={record.image.prefix: image_source(record) for _, record in pairs})
     write_json(info_path, {"inputs_fingerprint": fingerprint, **cache.to_dict()})
     LOGGER.info("Study crops written to %s (%d crops of %d participants).", tensors_path,
                 len(labelled), len(labelled.participants))
@@ -134,7 +150,8 @@ def inputs_fingerprint(settings: Settings,
             "classes": record.classes,
             "class_sources": record.class_sources,
         })
-    plain = {"images": items, "preprocessing": preprocessing_settings(settings),
+    plain = {"format": CACHE_FORMAT, "images": items,
+             "preprocessing": preprocessing_settings(settings),
              "labels": settings.to_dict()["labels"]}
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -5,7 +5,13 @@
   strategy, bars = 95 % bootstrap intervals; Dice and presence accuracy side
   by side (the layout of the source paper's Figure 2);
 - :func:`heatmap_figure`: one score over the methods x strategies grid, each
-  cell annotated with its value.
+  cell annotated with its value;
+- :func:`label_efficiency_figure`: scores against the number of labelled
+  participants (one panel per strategy and score, one line per
+  initialisation, bars = 95 % bootstrap intervals), when the study has
+  several ``[study] label_fractions``.
+
+Cost figures and heatmaps show the rows with the largest label fraction.
 
 Each returns PNG bytes (Agg, no pyplot); :func:`write_figures` writes them all
 under ``OUTPUT_DIR/study/figures/``.
@@ -26,10 +32,14 @@ from bids_pcs.study.scoring import LOWER_IS_BETTER, METRICS
 
 FIGURES_DIR = "figures"
 LABELS = {
-    "dice": "Dice", "hd95_mm": "HD95 (mm)", "presence_accuracy": "presence accuracy",
+    "dice": "Dice (native, sulci)", "hd95_mm": "HD95 (mm)",
+    "presence_accuracy": "presence accuracy",
     "presence_balanced_accuracy": "presence balanced accuracy", "presence_f1": "presence F1",
     "presence_auc": "presence ROC AUC", "presence_sensitivity": "presence sensitivity",
     "presence_specificity": "presence specificity", "accuracy_3class": "3-class accuracy",
+    "balanced_accuracy_3class": "3-class balanced accuracy",
+    "macro_f1_3class": "3-class macro-F1",
+    "n_labelled_participants": "labelled participants",
     "finetune_seconds": "fine-tuning time (s)", "total_seconds": "pre-training + fine-tuning (s)",
     "peak_memory_mb": "peak memory (MiB)", "trainable_parameters": "trainable parameters",
 }
@@ -43,7 +53,7 @@ _OTHER_COLOURS = ("#d97706", "#0891b2", "#be185d", "#4d7c0f")
 
 
 def cost_figure(table: pd.DataFrame, cost: str,
-                scores: Sequence[str] = ("dice", "presence_accuracy")) -> bytes:
+                scores: Sequence[str] = ("dice", "presence_balanced_accuracy")) -> bytes:
     """Scores (y, with intervals) against ``cost`` (x) for every configuration."""
     with report_style():
         fig = Figure(figsize=(4.2 * len(scores), 3.6))
@@ -105,6 +115,41 @@ def heatmap_figure(table: pd.DataFrame, metric: str, methods: Sequence[str],
         return to_png(fig)
 
 
+def label_efficiency_figure(table: pd.DataFrame,
+                            scores: Sequence[str] = ("dice", "presence_balanced_accuracy"),
+                            ) -> bytes:
+    """Scores against labelled participants: a panel per strategy (columns) and score (rows)."""
+    strategies = list(dict.fromkeys(table["strategy"]))
+    with report_style():
+        fig = Figure(figsize=(3.3 * len(strategies), 2.9 * len(scores)))
+        axes = fig.subplots(len(scores), len(strategies), squeeze=False)
+        for i, score in enumerate(scores):
+            for j, strategy in enumerate(strategies):
+                ax = axes[i][j]
+                part = table[table["strategy"] == strategy]
+                for method in dict.fromkeys(part["method"]):
+                    rows = part[part["method"] == method].sort_values("n_labelled_participants")
+                    x = rows["n_labelled_participants"].to_numpy(dtype=float)
+                    y = rows[score].to_numpy(dtype=float)
+                    low = rows[f"{score}_ci_lower"].to_numpy(dtype=float)
+                    high = rows[f"{score}_ci_upper"].to_numpy(dtype=float)
+                    error = np.vstack([np.clip(y - low, 0, None), np.clip(high - y, 0, None)])
+                    error = np.where(np.isfinite(error), error, 0.0)
+                    ax.errorbar(x, y, yerr=error, marker="o", markersize=4, capsize=2.5,
+                                linewidth=1.4, elinewidth=0.8, color=method_colour(method),
+                                label=method)
+                ax.set_xscale("log")
+                ax.set_xlabel(LABELS["n_labelled_participants"])
+                if j == 0:
+                    ax.set_ylabel(LABELS.get(score, score))
+                ax.set_title(f"{strategy}", loc="left")
+                ax.grid(alpha=0.25, linewidth=0.6)
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="upper center", ncols=min(len(labels), 6),
+                   bbox_to_anchor=(0.5, 0.0))
+        return to_png(fig)
+
+
 def write_figures(table: pd.DataFrame, methods: Sequence[str], strategies: Sequence[str],
                   folder: Path) -> dict[str, Path]:
     """Every figure of the study as ``folder/<name>.png``; returns name -> path."""
@@ -112,12 +157,16 @@ def write_figures(table: pd.DataFrame, methods: Sequence[str], strategies: Seque
     out: dict[str, Path] = {}
     if table.empty:
         return out
+    full = table[table["label_fraction"] == table["label_fraction"].max()]
     for name, cost in COST_FIGURES.items():
-        out[name] = write_bytes(folder / f"{name}.png", cost_figure(table, cost))
+        out[name] = write_bytes(folder / f"{name}.png", cost_figure(full, cost))
     for metric in (*METRICS, *HEATMAP_EXTRA):
         out[f"heatmap_{metric}"] = write_bytes(
             folder / f"heatmap_{metric}.png",
-            heatmap_figure(table, metric, list(methods), list(strategies)))
+            heatmap_figure(full, metric, list(methods), list(strategies)))
+    if table["label_fraction"].nunique() > 1:
+        out["label_efficiency"] = write_bytes(folder / "label_efficiency.png",
+                                              label_efficiency_figure(table))
     return out
 
 

@@ -2,10 +2,13 @@
 
 - ``split.tsv``: one row per participant and fold (``participant_id``,
   ``fold``, ``part``, ``n_images``, ``pcs_hemispheres``);
-- ``study.tsv``: one row per configuration (:mod:`bids_pcs.study.table`);
-- ``study.json``: the grid, the split(s), the settings that matter, every row
-  with its intervals, the pre-training records and the failed jobs;
-- ``figures/*.png``: accuracy against time and memory, a heatmap per score;
+- ``study.tsv``: one row per method x strategy x label fraction
+  (:mod:`bids_pcs.study.table`);
+- ``study.json``: the grid, the split(s), the labelled subsets, the settings
+  that matter, every row with its intervals and paired differences, the
+  pre-training records and the failed jobs;
+- ``figures/*.png``: accuracy against time and memory, a heatmap per score,
+  label efficiency;
 - ``study.html``: the page (:mod:`bids_pcs.study.page`).
 
 Each file is written atomically; all of them are rewritten from the records
@@ -25,7 +28,7 @@ import pandas as pd
 from bids_pcs import APP_NAME, __version__
 from bids_pcs.config import Settings
 from bids_pcs.io.atomic import write_text
-from bids_pcs.splits import PARTS, StudySplit
+from bids_pcs.splits import PARTS, StudySplit, participant_strata
 from bids_pcs.study.crops import CropCache
 from bids_pcs.study.figures import FIGURES_DIR, write_figures
 from bids_pcs.study.page import write_study_page
@@ -69,9 +72,21 @@ def write_outputs(study_dir: Path, settings: Settings, grid: Grid,
                   configurations: Mapping[Configuration, dict[str, Any]],
                   pretrainings: Mapping[Pretraining, dict[str, Any]],
                   failed: Sequence[str], skipped: Mapping[str, Any],
+                  strata: Mapping[str, int] | None = None,
                   pool: PoolCache | None = None) -> pd.DataFrame:
     """Write study.tsv, study.json, the figures and study.html; return the table."""
+    from bids_pcs.finetuning.evaluation import SCORE_DEFINITION
+    from bids_pcs.splits import label_subsets
+
     study = settings.study
+    strata = strata if strata is not None else participant_strata(cache.info)
+    subsets = {
+        f"fold-{split.fold}": {
+            f"seed-{seed}": {f"{f:g}": list(v) for f, v in label_subsets(
+                strata, split.train, grid.label_fractions, seed=seed).items()}
+            for seed in dict.fromkeys(s if s is not None else settings.run.seed
+                                      for s in grid.seeds)}
+        for split in splits}
     table = results_table(grid, configurations, pretrainings,
                           n_resamples=study.bootstrap_samples, seed=settings.run.seed)
     write_table(study_dir / TABLE_NAME, table)
@@ -80,7 +95,7 @@ def write_outputs(study_dir: Path, settings: Settings, grid: Grid,
     devices = sorted({r["device"] for r in configurations.values()})
     summary = {
         "n_participants": len({i.subject for i in cache.info}),
-        "n_cells": len(grid.cells),
+        "n_cells": len(grid.rows),
         "recipe": settings.run.recipe,
         "seed": settings.run.seed,
         "device": ", ".join(devices) if devices else settings.run.device,
@@ -92,7 +107,9 @@ def write_outputs(study_dir: Path, settings: Settings, grid: Grid,
         "recipe": settings.run.recipe,
         "seed": settings.run.seed,
         "grid": {"methods": list(grid.methods), "strategies": list(grid.strategies),
-                 "folds": list(grid.folds)},
+                 "folds": list(grid.folds), "label_fractions": list(grid.label_fractions),
+                 "training_seeds": [s if s is not None else settings.run.seed
+                                    for s in grid.seeds]},
         "design": {
             "split_unit": "participant (both hemispheres and all sessions together)",
             "fractions": {"train": study.train_fraction,
@@ -100,9 +117,21 @@ def write_outputs(study_dir: Path, settings: Settings, grid: Grid,
                           "test": study.test_fraction},
             "folds": study.folds,
             "pretraining_data": pretraining_data_text(settings, pool),
-            "model_selection": "best validation score epoch (finetune monitor val_score)",
+            "pretraining_shared": "once per split, by every strategy, label fraction and seed",
+            "label_fractions": "nested, stratified subsets of each split's training "
+                               "participants, drawn per training seed (label_subsets); "
+                               "validation and test parts unchanged",
+            "training_seeds": "fine-tuning only (network initialisation, batch order); the "
+                              "split and the pre-training use --seed",
+            "model_selection": f"best validation epoch by val_score: {SCORE_DEFINITION}",
+            "test_scores": "native T1w grid against the native labels; Dice over hemispheres "
+                           "whose true mask has a sulcus, HD95 (mm, image spacing) where both "
+                           "masks exist, presence and class scores over all hemispheres",
             "bootstrap": {"unit": "participant", "resamples": study.bootstrap_samples,
-                          "level": 0.95, "seed": settings.run.seed},
+                          "level": 0.95, "seed": settings.run.seed,
+                          "differences": "paired: the same participant resamples for a row "
+                                         "and its reference (scratch with the same strategy, "
+                                         "full with the same method, same label fraction)"},
             "isolation": "each pre-training and configuration in its own process",
         },
         "settings": {key: settings.to_dict()[key]
@@ -112,6 +141,7 @@ def write_outputs(study_dir: Path, settings: Settings, grid: Grid,
                  "pretraining_pool": (pool_summary(pool.records, pool.main_dataset)
                                       if pool is not None else None)},
         "splits": [s.to_dict() for s in splits],
+        "label_subsets": subsets,
         "configurations": [plain_json(row) for row in table.to_dict("records")],
         "pretrainings": list(pretrainings.values()),
         "failed": list(failed),

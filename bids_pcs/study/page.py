@@ -2,7 +2,9 @@
 
 Sections: overview (the design in numbers), a reading of the results written
 from the table (:mod:`bids_pcs.study.reading`), the results table with
-intervals, accuracy against time and memory, one heatmap per score, the
+intervals and counts, the paired differences against scratch and against
+full fine-tuning, label efficiency (when the study has several label
+fractions), accuracy against time and memory, one heatmap per score, the
 split, and failed jobs.  Built from the shared report blocks
 (:mod:`bids_pcs.reports.html`); figures are embedded, so the page is one
 self-contained file.
@@ -23,15 +25,16 @@ from bids_pcs.reports.figures import file_data_uri
 from bids_pcs.splits import PARTS, StudySplit
 from bids_pcs.study.figures import COST_FIGURES, HEATMAP_EXTRA, LABELS
 from bids_pcs.study.reading import reading
-from bids_pcs.study.scoring import METRICS
+from bids_pcs.study.scoring import METRICS, PAIRED_METRICS
 
-_TABLE_SCORES = ("dice", "hd95_mm", "presence_accuracy", "presence_balanced_accuracy",
-                 "presence_f1", "presence_auc", "presence_sensitivity", "presence_specificity",
-                 "accuracy_3class")
+_TABLE_SCORES = ("dice", "hd95_mm", "presence_sensitivity", "presence_specificity",
+                 "presence_balanced_accuracy", "presence_auc", "balanced_accuracy_3class",
+                 "macro_f1_3class")
 _SHORT = {"dice": "Dice", "hd95_mm": "HD95 mm", "presence_accuracy": "Presence acc.",
-          "presence_balanced_accuracy": "Bal. acc.", "presence_f1": "F1",
-          "presence_auc": "AUC", "presence_sensitivity": "Sens.",
-          "presence_specificity": "Spec.", "accuracy_3class": "3-class acc."}
+          "presence_balanced_accuracy": "Presence bal. acc.", "presence_f1": "F1",
+          "presence_auc": "Presence AUC", "presence_sensitivity": "Sens.",
+          "presence_specificity": "Spec.", "accuracy_3class": "3-class acc.",
+          "balanced_accuracy_3class": "3-class bal. acc.", "macro_f1_3class": "3-class macro-F1"}
 
 
 def write_study_page(path: Path, table: pd.DataFrame, *, figures: Mapping[str, Path],
@@ -42,6 +45,9 @@ def write_study_page(path: Path, table: pd.DataFrame, *, figures: Mapping[str, P
         ("overview", "Overview", "Overview", _overview(table, splits, summary)),
         ("reading", "Reading", "Reading of the results", _reading(table)),
         ("results", "Results", "Results per configuration", _results(table)),
+        ("differences", "Differences", "Paired differences", _differences(table)),
+        *([("labels", "Labels", "Label efficiency", _labels(figures))]
+          if "label_efficiency" in figures else []),
         ("cost", "Cost", "Accuracy against time and memory", _cost(figures)),
         ("heatmaps", "Heatmaps", "Methods x strategies", _heatmaps(figures)),
         ("split", "Split", "Participants per part", _split(splits)),
@@ -61,7 +67,7 @@ def _overview(table: pd.DataFrame, splits: Sequence[StudySplit],
     first = splits[0]
     folds = len(splits) if splits[0].fold else 0
     cards = h.stat_cards([
-        ("configurations finished", f"{len(table)} / {summary.get('n_cells', len(table))}"),
+        ("rows finished", f"{len(table)} / {summary.get('n_cells', len(table))}"),
         ("participants", summary.get("n_participants", 0)),
         ("train / validation / test", f"{len(first.train)} / {len(first.validation)} / "
                                       f"{len(first.test)}" + (" per fold" if folds else "")),
@@ -69,6 +75,8 @@ def _overview(table: pd.DataFrame, splits: Sequence[StudySplit],
         ("pre-training images / fine-tuning labels", _data_sizes(table)),
         ("device", summary.get("device", "n/a")),
     ])
+    fractions = sorted(set(table["label_fraction"])) if not table.empty else [1.0]
+    seeds = int(table["n_seeds"].max()) if not table.empty else 1
     text = (
         "Every configuration pairs an initialisation (scratch, or one of the self-supervised "
         "pre-training methods) with a fine-tuning strategy. The participants are split once "
@@ -76,10 +84,14 @@ def _overview(table: pd.DataFrame, splits: Sequence[StudySplit],
         "both hemispheres and all sessions of a participant stay in one part. Each "
         "pre-training ran once per split on " + summary.get(
             "pretraining_data", "the training participants' crops only (neither validation "
-            "nor test crops)") + ", and seeds all of its strategies. Fine-tuning keeps the "
-        "epoch with the best validation score; scores are on the test participants only. "
-        "Each pre-training and each configuration ran alone in its own process, so its time "
-        "and peak memory are its own.")
+            "nor test crops)") + ", and seeds all of its strategies, label fractions and "
+        "training seeds. Fine-tuning used "
+        + ", ".join(f"{f:.0%}" for f in fractions) + " of the training participants' labels "
+        "(nested, stratified subsets) with " + str(seeds) + " training seed(s), and kept the "
+        "epoch with the best validation score (mean of the validation Dice over sulci and "
+        "the presence balanced accuracy). Test scores are computed on the native T1w grid "
+        "against the native labels, as a user receives them. Each job ran alone in its own "
+        "process, so its time and peak memory are its own.")
     return h.join([cards, h.paragraph(text, "muted")])
 
 
@@ -100,12 +112,14 @@ def _reading(table: pd.DataFrame) -> h.Html:
 def _results(table: pd.DataFrame) -> h.Html:
     if table.empty:
         return h.notice("No configuration finished yet.", "warn")
-    header = ["Configuration", *(_SHORT[m] for m in _TABLE_SCORES), "Fine-tuning (s)",
-              "s / epoch", "Pre-training (s)", "Peak memory (MiB)", "Trainable", "Frozen"]
+    header = ["Configuration", "Labelled", *(_SHORT[m] for m in _TABLE_SCORES),
+              "Fine-tuning (s)", "s / epoch", "Pre-training (s)", "Peak memory (MiB)",
+              "Trainable", "Frozen"]
     rows = []
     for row in table.to_dict("records"):
         rows.append([
             h.Html(f"<strong>{h.esc(row['configuration'])}</strong>"),
+            h.fmt(row["n_labelled_participants"], 0),
             *(_with_interval(row, m) for m in _TABLE_SCORES),
             h.fmt(row["finetune_seconds"], 1), h.fmt(row["seconds_per_epoch"], 2),
             h.fmt(row["pretrain_seconds"], 1), h.fmt(row["peak_memory_mb"], 0),
@@ -114,21 +128,64 @@ def _results(table: pd.DataFrame) -> h.Html:
     numeric = tuple(range(1, len(header)))
     content = h.table(header, rows, numeric=numeric, css="wide")
     note = h.paragraph(
-        "Scores on the test participants with 95 % bootstrap intervals over participants "
-        "(small print). HD95 is averaged over the hemispheres where both masks are non-empty. "
-        "Fine-tuning time is the wall time of the training loop with its per-epoch "
-        "validation; the pre-training time is shared by the strategies of a method. study.tsv "
-        "holds every number of this table and more (interval bounds, parameter counts, "
-        "memory before training).", "muted")
+        "Test scores on the native T1w grid with 95 % bootstrap intervals over participants "
+        "and, after n =, the number of hemispheres each rests on (small print): Dice over the "
+        "hemispheres whose true mask has a sulcus, HD95 (mm, with the image's voxel spacing) "
+        "over those where the prediction is not empty, presence and class scores over all. "
+        "With several training seeds a score is the mean over the seeds (study.tsv has their "
+        "standard deviation). Fine-tuning time is the wall time of the training loop with "
+        "its per-epoch validation; the pre-training time is shared by the strategies of a "
+        "method. study.tsv holds every number of this table and more.", "muted")
     return h.join([h.Html(f'<div class="scroll">{content}</div>'), note])
+
+
+def _differences(table: pd.DataFrame) -> h.Html:
+    if table.empty:
+        return h.notice("No configuration finished yet.", "warn")
+    parts = []
+    for reference, title in (("scratch", "against scratch with the same strategy"),
+                             ("full", "against full fine-tuning of the same initialisation")):
+        columns = [m for m in PAIRED_METRICS if f"{m}_vs_{reference}" in table]
+        rows = []
+        for row in table.to_dict("records"):
+            cells = [_difference(row, f"{m}_vs_{reference}", m) for m in columns]
+            if all(c == "n/a" for c in cells):
+                continue
+            rows.append([h.Html(f"<strong>{h.esc(row['configuration'])}</strong>"), *cells])
+        if rows:
+            parts.append(h.Html(f"<h3>{h.esc(title.capitalize())}</h3>"))
+            header = ["Configuration", *(_SHORT[m] for m in columns)]
+            parts.append(h.Html('<div class="scroll">' + h.table(
+                header, rows, numeric=tuple(range(1, len(header))), css="wide") + "</div>"))
+    if not parts:
+        return h.notice("No reference configuration (scratch or full) finished, so no paired "
+                        "difference exists.")
+    parts.append(h.paragraph(
+        "Each cell is this configuration minus its reference, with the paired 95 % bootstrap "
+        "interval: both are scored on the same resampled test participants (and seeds), so "
+        "the interval is that of the difference itself. Bold: the interval excludes 0 (for "
+        "HD95 lower is better). Overlapping marginal intervals in the results table do not "
+        "mean that two configurations are alike, nor do separate ones prove them different.",
+        "muted"))
+    return h.join(parts)
+
+
+def _labels(figures: Mapping[str, Path]) -> h.Html:
+    return _figure(figures["label_efficiency"], "label efficiency",
+                   "Native test Dice and presence balanced accuracy against the number of "
+                   "training participants whose labels fine-tuned (nested, stratified subsets; "
+                   "log scale), per strategy (columns); bars: 95 % bootstrap intervals over "
+                   "test participants. Pre-training used no labels and is the same for every "
+                   "point of a line.")
 
 
 def _cost(figures: Mapping[str, Path]) -> h.Html:
     parts = []
     captions = {
-        "accuracy_vs_time": "Test Dice and presence accuracy against the fine-tuning time of "
-                            "each configuration (colour: initialisation; marker: strategy; "
-                            "bars: 95 % bootstrap intervals).",
+        "accuracy_vs_time": "Native test Dice and presence balanced accuracy (all labels) "
+                            "against the fine-tuning time of each configuration (colour: "
+                            "initialisation; marker: strategy; bars: 95 % bootstrap "
+                            "intervals).",
         "accuracy_vs_memory": "The same scores against the peak memory of the fine-tuning "
                               "process.",
     }
@@ -174,10 +231,28 @@ def _figure(path: Path, alt: str, caption: str) -> h.Html:
 
 def _with_interval(row: Mapping[str, Any], metric: str) -> h.Html:
     value = row[metric]
+    count = row.get(f"{metric}_n")
+    count_text = (f'<br><small class="muted">n = {count:.0f}</small>'
+                  if count is not None and np.isfinite(count) else "")
     if value is None or not np.isfinite(value):
-        return h.Html("n/a")
+        return h.Html(f"n/a{count_text}")
     digits = 1 if metric == "hd95_mm" else 3
     low, high = row[f"{metric}_ci_lower"], row[f"{metric}_ci_upper"]
     interval = (f'<br><small class="muted">{low:.{digits}f}–{high:.{digits}f}</small>'
                 if np.isfinite(low) and np.isfinite(high) else "")
-    return h.Html(f"{value:.{digits}f}{interval}")
+    return h.Html(f"{value:.{digits}f}{interval}{count_text}")
+
+
+def _difference(row: Mapping[str, Any], column: str, metric: str) -> h.Html | str:
+    value = row.get(column)
+    if value is None or not np.isfinite(value):
+        return "n/a"
+    digits = 1 if metric == "hd95_mm" else 3
+    low, high = row[f"{column}_ci_lower"], row[f"{column}_ci_upper"]
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return h.Html(f"{value:+.{digits}f}")
+    text = f"{value:+.{digits}f}"
+    if low > 0 or high < 0:
+        text = f"<strong>{text}</strong>"
+    return h.Html(f'{text}<br><small class="muted">{low:+.{digits}f} to '
+                  f'{high:+.{digits}f}</small>')

@@ -1,8 +1,11 @@
 """The grid of the study: which pre-trainings and which fine-tunings to run, and their keys.
 
-A *configuration* is one (initialisation method, fine-tuning strategy, fold);
-``scratch`` is the baseline without pre-training.  Every pre-training method
-of the grid is trained once per fold and shared by all of its strategies.
+A *configuration* is one (initialisation method, fine-tuning strategy, fold,
+label fraction, training seed); ``scratch`` is the baseline without
+pre-training.  Every pre-training method of the grid is trained once per fold
+and shared by all of its strategies, label fractions and training seeds (it
+uses no labels; the seeds vary the fine-tuning).  A *row* of the results is a
+(method, strategy, label fraction): its folds and seeds pooled.
 
 Each job has a *key*: a digest of everything its result depends on (the
 crops and labels, the split, the recipe sections it reads, the seed, the app
@@ -14,7 +17,8 @@ Usage::
 
     grid = plan_grid(settings.study, folds=[0])
     grid.pretrainings         # [Pretraining("reconstruction", 0), ...]
-    grid.configurations       # [Configuration("scratch", "top", 0), ...]
+    grid.configurations       # [Configuration("scratch", "top", 0, 1.0, None), ...]
+    grid.rows                 # [("scratch", "top", 1.0), ...]
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 
 from bids_pcs import __version__
 from bids_pcs.config import RecipeError, Settings, StudySettings
-from bids_pcs.splits import StudySplit
+from bids_pcs.splits import StudySplit, check_label_fractions
 
 SCRATCH = "scratch"
 
@@ -46,15 +50,36 @@ class Pretraining:
 
 @dataclass(frozen=True)
 class Configuration:
-    """One cell of the grid: initialisation ``method`` (or scratch) x ``strategy``, on a fold."""
+    """One fine-tuning: ``method`` (or scratch) x ``strategy`` on a fold's labels.
+
+    Args:
+        method, strategy: the grid cell.
+        fold: 0 for the single split, 1..k for the folds.
+        label_fraction: share of the fold's training participants whose labels
+            fine-tune (nested subsets, :func:`bids_pcs.splits.label_subsets`).
+        seed: the training seed; ``None``: the study's ``--seed`` (no
+            ``[study] seeds`` given).
+    """
 
     method: str
     strategy: str
     fold: int = 0
+    label_fraction: float = 1.0
+    seed: int | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.method}-{self.strategy}{_fold_suffix(self.fold)}"
+        return (f"{self.method}-{self.strategy}{_fold_suffix(self.fold)}"
+                f"{fraction_suffix(self.label_fraction)}"
+                f"{'' if self.seed is None else f'_seed-{self.seed}'}")
+
+    @property
+    def row(self) -> tuple[str, str, float]:
+        """The row of study.tsv it belongs to (folds and seeds pooled)."""
+        return (self.method, self.strategy, self.label_fraction)
+
+    def training_seed(self, study_seed: int) -> int:
+        return study_seed if self.seed is None else self.seed
 
     @property
     def cell(self) -> str:
@@ -68,11 +93,19 @@ class Configuration:
 
 @dataclass(frozen=True)
 class Grid:
-    """What the study runs, in order."""
+    """What the study runs, in order.
+
+    Args:
+        methods, strategies, folds: the grid and its folds.
+        label_fractions: shares of the training labels (largest first in the runs).
+        seeds: training seeds; ``(None,)``: the study's seed only.
+    """
 
     methods: tuple[str, ...]
     strategies: tuple[str, ...]
     folds: tuple[int, ...]
+    label_fractions: tuple[float, ...] = (1.0,)
+    seeds: tuple[int | None, ...] = (None,)
 
     @property
     def pretrainings(self) -> list[Pretraining]:
@@ -80,16 +113,36 @@ class Grid:
 
     @property
     def configurations(self) -> list[Configuration]:
-        return [Configuration(m, s, f) for f in self.folds for m in self.methods
+        # all labels first: the headline grid is complete before the curves' extra points
+        fractions = sorted(self.label_fractions, reverse=True)
+        return [Configuration(m, s, f, fraction, seed) for seed in self.seeds
+                for fraction in fractions for f in self.folds for m in self.methods
                 for s in self.strategies]
 
     @property
     def cells(self) -> list[tuple[str, str]]:
         return [(m, s) for m in self.methods for s in self.strategies]
 
+    @property
+    def rows(self) -> list[tuple[str, str, float]]:
+        """(method, strategy, label fraction) of every row of study.tsv, in table order."""
+        return [(m, s, fraction) for fraction in sorted(self.label_fractions, reverse=True)
+                for m, s in self.cells]
 
-def plan_grid(study: StudySettings, folds: Sequence[int]) -> Grid:
+    def jobs_of_row(self, row: tuple[str, str, float]) -> list[Configuration]:
+        """The configurations (every fold and seed) pooled into one row."""
+        method, strategy, fraction = row
+        return [Configuration(method, strategy, f, fraction, seed) for seed in self.seeds
+                for f in self.folds]
+
+
+def plan_grid(study: StudySettings, folds: Sequence[int], study_seed: int | None = None,
+              ) -> Grid:
     """The grid of ``study.methods`` x ``study.strategies`` (duplicates dropped, order kept).
+
+    A training seed equal to ``study_seed`` (the study's ``--seed``) is the
+    study's own: its jobs are named and keyed as without ``[study] seeds``,
+    so adding seeds to a finished study reuses what already ran.
 
     Raises:
         RecipeError: an unknown method or strategy, or an empty grid.
@@ -110,7 +163,10 @@ def plan_grid(study: StudySettings, folds: Sequence[int]) -> Grid:
         if unknown:
             raise RecipeError(f"[study] {what} has unknown value(s) {', '.join(unknown)}; use "
                               f"{', '.join(known)}.")
-    return Grid(methods=methods, strategies=strategies, folds=tuple(folds))
+    seeds: tuple[int | None, ...] = tuple(dict.fromkeys(
+        None if s == study_seed else s for s in study.seeds)) or (None,)
+    return Grid(methods=methods, strategies=strategies, folds=tuple(folds),
+                label_fractions=check_label_fractions(study.label_fractions), seeds=seeds)
 
 
 def pretraining_key(settings: Settings, job: Pretraining, split: StudySplit,
@@ -139,7 +195,7 @@ def pretraining_key(settings: Settings, job: Pretraining, split: StudySplit,
 
 def configuration_key(settings: Settings, job: Configuration, split: StudySplit,
                       data_digest: str, pretrain_key: str | None) -> str:
-    """Digest of what a configuration depends on: its split, recipe, init and seed."""
+    """Digest of what a configuration depends on: its (labelled) split, recipe, init, seeds."""
     plain = settings.to_dict()
     return _digest({
         "version": __version__,
@@ -147,13 +203,17 @@ def configuration_key(settings: Settings, job: Configuration, split: StudySplit,
         "data": data_digest,
         "split": split.to_dict(),
         "seed": settings.run.seed,
+        "training_seed": job.training_seed(settings.run.seed),
+        "label_fraction": job.label_fraction,
         "device": settings.run.device,
         "init": pretrain_key,
         **{key: plain[key] for key in ("template", "crop", "intensity", "labels", "model",
                                        "inference")},
-        # the recipe's own strategy is replaced by the job's
-        "finetune": {k: v for k, v in plain["finetune"].items() if k != "strategy"},
+        # the recipe's own strategy is replaced by the job's, and only its own rate counts
+        "finetune": {k: v for k, v in plain["finetune"].items()
+                     if k not in ("strategy", "learning_rates", "learning_rate")},
         "strategy": job.strategy,
+        "learning_rate": settings.finetune.learning_rate_for(job.strategy),
     })
 
 
@@ -164,3 +224,8 @@ def _digest(data: dict[str, Any]) -> str:
 
 def _fold_suffix(fold: int) -> str:
     return f"_fold-{fold}" if fold else ""
+
+
+def fraction_suffix(fraction: float) -> str:
+    """``_labels-25pct`` for a label fraction of 0.25; empty for all labels."""
+    return "" if fraction >= 1.0 else f"_labels-{100 * fraction:g}pct"

@@ -29,7 +29,7 @@ from typing import Any
 from bids_pcs.config import Settings
 from bids_pcs.errors import BidsPcsError
 from bids_pcs.models.model_io import read_model_card
-from bids_pcs.splits import StudySplit
+from bids_pcs.splits import StudySplit, labelled_split
 from bids_pcs.study.crops import CropCache
 from bids_pcs.study.jobs import run_job, write_job
 from bids_pcs.study.plan import (
@@ -63,6 +63,7 @@ class JobRunner:
         total: jobs in the grid (for the ``[n/total]`` progress).
         pool: the pre-training pool (``None``: pre-trainings read the labelled
             training crops).
+        strata: participant -> stratum, for the label fractions' subsets.
     """
 
     settings: Settings
@@ -72,6 +73,7 @@ class JobRunner:
     work_dir: Path
     total: int
     pool: PoolCache | None = None
+    strata: dict[str, int] = field(default_factory=dict)
     pretrainings: dict[Pretraining, dict[str, Any]] = field(default_factory=dict)
     configurations: dict[Configuration, dict[str, Any]] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)
@@ -98,7 +100,11 @@ class JobRunner:
             self.pretrainings[job] = record
 
     def configuration(self, job: Configuration) -> None:
-        split = self.splits[job.fold]
+        training_seed = job.training_seed(self.settings.run.seed)
+        full = self.splits[job.fold]
+        # the labelled subset depends on the training seed: the spread over seeds includes
+        # which participants happened to be labelled
+        split = labelled_split(full, self.strata, job.label_fraction, seed=training_seed)
         pretrained = self.pretrainings.get(job.pretraining) if job.pretraining else None
         if job.pretraining is not None and pretrained is None:
             self.position += 1
@@ -115,7 +121,8 @@ class JobRunner:
             self.configurations[job] = record
             return
         spec = {"kind": "finetune", "method": job.method, "strategy": job.strategy,
-                "fold": job.fold,
+                "fold": job.fold, "label_fraction": job.label_fraction, "seed": training_seed,
+                "n_train_participants": len(full.train),
                 "init": pretrained["model_dir"] if pretrained else SCRATCH,
                 "pretraining": ({"name": job.pretraining.name, "seconds": pretrained["seconds"],
                                  "peak_memory_mb": pretrained["peak_memory_mb"]}
@@ -176,8 +183,9 @@ def _result_text(record: dict[str, Any]) -> str:
     scores = record.get("test_scores")
     if not scores:
         return f" (peak memory {record['peak_memory_mb']:.0f} MiB)"
-    return (f" (test Dice {scores['test_dice']:.3f}, presence accuracy "
-            f"{scores['test_presence_accuracy']:.3f}, fine-tuning "
-            f"{record['finetune_seconds']:.0f} s, peak memory {record['peak_memory_mb']:.0f} MiB)")
+    return (f" (native test Dice {scores['dice']:.3f} over {scores['dice_n']:.0f} sulci, "
+            f"presence balanced accuracy {scores['presence_balanced_accuracy']:.3f}, "
+            f"fine-tuning {record['finetune_seconds']:.0f} s, peak memory "
+            f"{record['peak_memory_mb']:.0f} MiB)")
 
 

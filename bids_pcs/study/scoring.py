@@ -1,97 +1,157 @@
-"""Test scores of a configuration with bootstrap confidence intervals over participants.
+"""Test scores of one row of the results, with participant bootstrap draws for pairing.
 
-The rows are the test crops of a configuration (with k folds, the test crops
-of every fold pooled: each participant is tested exactly once).  Every score
-comes from :mod:`bids_pcs.metrics`:
+A row (method x strategy x label fraction) pools its folds (each participant
+is tested exactly once) and is run once per training seed.  Its test
+hemispheres, scored on the native T1w grid by the worker
+(:mod:`bids_pcs.study.native`), become a :class:`ScoredRuns`: per-hemisphere
+truth, and per seed the Dice, HD95 and class probabilities.  Every score
+comes from :func:`bids_pcs.metrics.hemisphere_scores`, each with the number of
+hemispheres it rests on (``<score>_n``):
 
-- ``dice``: mean Dice over crops (no PCS in truth and prediction scores 1);
-- ``hd95_mm``: mean HD95 over the crops where both the true and the
-  predicted mask are non-empty, in mm at the crop's voxel size (a crop with
-  neither scores HD95 0 in :func:`bids_pcs.metrics.hd95`, which would make a
-  model that never finds a sulcus look perfect; it is left out here, and so
-  is a crop with one empty mask, where HD95 is undefined);
-- presence (absent vs present/prominent) from the most probable class:
-  ``presence_accuracy``, ``presence_balanced_accuracy``, ``presence_f1``,
-  ``presence_auc`` (ranked by ``p_present + p_prominent``),
-  ``presence_sensitivity``, ``presence_specificity``;
-- ``accuracy_3class``: the exact class (absent / present / prominent).
+- ``dice`` over hemispheres whose true mask has a sulcus; ``hd95_mm`` (mm,
+  with each image's voxel spacing) over those where the prediction is not
+  empty; images without a mask never count for either;
+- presence (absent vs present/prominent, from the most probable class; the
+  AUC ranks by ``p_present + p_prominent``): ``presence_sensitivity``,
+  ``presence_specificity``, ``presence_balanced_accuracy``, ``presence_auc``,
+  ``presence_accuracy``, ``presence_f1``; the three classes:
+  ``accuracy_3class``, ``balanced_accuracy_3class``, ``macro_f1_3class``.
 
-Intervals are percentile bootstrap intervals (:func:`bids_pcs.metrics.bootstrap_cis`)
-resampling *participants* with all their crops, seeded, at 95 %.
+With several seeds, a score is the mean over the seeds of the score of each
+seed (``<score>_seed_sd``: their standard deviation).  The intervals resample
+*participants* (both hemispheres, every session, every seed together):
+:meth:`ScoredRuns.draws` keeps each resample's value, and since every row of a
+study is scored on the same test participants with the same resampling seed,
+two rows' draws pair resample by resample (:mod:`bids_pcs.study.table` takes
+their paired differences).
 
 Usage::
 
-    cis = score_rows(record["test_rows"], n_resamples=1000, seed=0)
-    cis["dice"].estimate, cis["dice"].lower, cis["dice"].upper
+    runs = ScoredRuns.from_records([[rows of seed 0, all folds], [rows of seed 1, ...]])
+    runs.scores()["dice"], runs.seed_scores()
+    draws = runs.draws(n_resamples=1000, seed=0)
+    draws.interval("dice"), draws.difference(other_draws, "dice")
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from bids_pcs import metrics
-from bids_pcs.metrics import ConfidenceInterval
+from bids_pcs.metrics import BootstrapDraws
 
 METRICS: tuple[str, ...] = (
-    "dice", "hd95_mm", "presence_accuracy", "presence_balanced_accuracy", "presence_f1",
-    "presence_auc", "presence_sensitivity", "presence_specificity", "accuracy_3class",
+    "dice", "hd95_mm", "presence_sensitivity", "presence_specificity",
+    "presence_balanced_accuracy", "presence_auc", "presence_accuracy", "presence_f1",
+    "accuracy_3class", "balanced_accuracy_3class", "macro_f1_3class",
+)
+# the differences the table pairs against scratch and against full fine-tuning
+PAIRED_METRICS: tuple[str, ...] = (
+    "dice", "hd95_mm", "presence_balanced_accuracy", "presence_auc",
+    "balanced_accuracy_3class", "macro_f1_3class",
 )
 LOWER_IS_BETTER: frozenset[str] = frozenset({"hd95_mm"})
 LEVEL = 0.95
 
 
-def score_rows(rows: Sequence[dict[str, Any]], *, n_resamples: int = 1000, seed: int = 0,
-               ) -> dict[str, ConfidenceInterval]:
-    """Every score of :data:`METRICS` on ``rows`` with its bootstrap interval.
+@dataclass(frozen=True)
+class ScoredRuns:
+    """The test hemispheres of one row, scored once per training seed.
 
     Args:
-        rows: test crops as written by the worker (``participant``,
-            ``true_class``, ``probabilities``, ``dice``, ``hd95_mm``).
-        n_resamples: bootstrap resamples; 0 gives the estimates without intervals.
-        seed: seed of the resampling.
+        crops: hemisphere names, sorted (the same for every seed).
+        participants: the participant of each hemisphere.
+        true_classes: class indices (-1 where the label gives no class).
+        true_voxels: voxels of the true native mask (0 without a sulcus or a mask).
+        has_mask: whether the hemisphere's image has a label mask at all.
+        dice, hd95_mm: (seeds, hemispheres), ``nan`` where undefined.
+        probabilities: (seeds, hemispheres, 3) class probabilities.
     """
-    if not rows:
-        raise ValueError("no test rows to score")
-    dice = np.array([float(r["dice"]) for r in rows])
-    hd95 = np.array([_hd95(r) for r in rows])
-    truth = metrics.encode_classes([r["true_class"] for r in rows])
-    probabilities = np.array([r["probabilities"] for r in rows], dtype=float)
-    participants = [r["participant"] for r in rows]
 
-    def statistic(index: np.ndarray) -> dict[str, float]:
-        scores = metrics.classification_metrics(truth[index], probabilities[index])
-        presence = scores.presence
-        distances = hd95[index]
-        return {
-            "dice": float(dice[index].mean()),
-            "hd95_mm": (float(np.nanmean(distances)) if np.isfinite(distances).any()
-                        else float("nan")),
-            "presence_accuracy": presence.accuracy,
-            "presence_balanced_accuracy": presence.balanced_accuracy,
-            "presence_f1": presence.f1,
-            "presence_auc": presence.roc_auc,
-            "presence_sensitivity": presence.sensitivity,
-            "presence_specificity": presence.specificity,
-            "accuracy_3class": scores.accuracy_3class,
-        }
+    crops: tuple[str, ...]
+    participants: np.ndarray
+    true_classes: np.ndarray
+    true_voxels: np.ndarray
+    has_mask: np.ndarray
+    dice: np.ndarray
+    hd95_mm: np.ndarray
+    probabilities: np.ndarray
 
-    if n_resamples < 1:
-        values = statistic(np.arange(len(rows)))
-        return {name: ConfidenceInterval(value, float("nan"), float("nan"), LEVEL, 0, 0)
-                for name, value in values.items()}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # nan means on degenerate resamples
-        return metrics.bootstrap_cis(statistic, participants, n_resamples=n_resamples,
-                                     level=LEVEL, seed=seed)
+    @classmethod
+    def from_records(cls, runs: Sequence[Sequence[dict[str, Any]]]) -> ScoredRuns:
+        """From the test rows of each seed (every fold's rows pooled per seed).
+
+        Raises:
+            ValueError: no rows, or seeds that tested different hemispheres.
+        """
+        ordered = [sorted(rows, key=lambda r: r["crop"]) for rows in runs]
+        if not ordered or not ordered[0]:
+            raise ValueError("no test rows to score")
+        crops = tuple(r["crop"] for r in ordered[0])
+        for rows in ordered[1:]:
+            if tuple(r["crop"] for r in rows) != crops:
+                raise ValueError("the seeds of a row tested different hemispheres")
+        first = ordered[0]
+        return cls(
+            crops=crops,
+            participants=np.array([r["participant"] for r in first], dtype=object),
+            true_classes=np.array([-1 if r["true_class"] is None else
+                                   int(metrics.encode_classes([r["true_class"]])[0])
+                                   for r in first], dtype=np.int64),
+            true_voxels=np.array([r.get("true_voxels") or 0 for r in first], dtype=np.int64),
+            has_mask=np.array([bool(r.get("has_mask", True)) for r in first]),
+            dice=np.array([[_number(r["dice"]) for r in rows] for rows in ordered]),
+            hd95_mm=np.array([[_number(r["hd95_mm"]) for r in rows] for rows in ordered]),
+            probabilities=np.array([[r["probabilities"] for r in rows] for rows in ordered],
+                                   dtype=float),
+        )
+
+    @property
+    def n_seeds(self) -> int:
+        return int(self.dice.shape[0])
+
+    def seed_scores(self, index: np.ndarray | None = None) -> list[dict[str, float]]:
+        """Every score and count of each seed on the hemispheres ``index`` (default all)."""
+        index = np.arange(len(self.crops)) if index is None else index
+        return [metrics.hemisphere_scores(
+            self.true_classes[index], self.probabilities[s, index], dice=self.dice[s, index],
+            hd95_mm=self.hd95_mm[s, index], true_voxels=self.true_voxels[index],
+            has_mask=self.has_mask[index]).as_dict() for s in range(self.n_seeds)]
+
+    def scores(self, index: np.ndarray | None = None) -> dict[str, float]:
+        """Scores and counts averaged over the seeds (a seed where one is undefined skipped)."""
+        per_seed = self.seed_scores(index)
+        if len(per_seed) == 1:
+            return per_seed[0]
+        keys = list(per_seed[0])
+        values = np.array([[s[key] for key in keys] for s in per_seed])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all seeds undefined: nan
+            means = np.nanmean(values, axis=0)
+        return dict(zip(keys, (float(v) for v in means), strict=True))
+
+    def seed_spread(self) -> dict[str, float]:
+        """Standard deviation over the seeds of each score (``nan`` with one seed)."""
+        per_seed = self.seed_scores()
+        out = {}
+        for key in METRICS:
+            values = np.array([s[key] for s in per_seed], dtype=float)
+            values = values[np.isfinite(values)]
+            out[key] = float(np.std(values, ddof=1)) if values.size > 1 else float("nan")
+        return out
+
+    def draws(self, n_resamples: int = 1000, seed: int = 0) -> BootstrapDraws:
+        """The scores on all participants and on each participant resample."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # nan means on degenerate resamples
+            return metrics.bootstrap_draws(self.scores, self.participants,
+                                           n_resamples=n_resamples, seed=seed)
 
 
-def _hd95(row: dict[str, Any]) -> float:
-    if row["hd95_mm"] is None:
-        return float("nan")
-    if row.get("true_voxels") == 0 and row.get("predicted_voxels") == 0:
-        return float("nan")  # both empty: right, but no boundary to measure
-    return float(row["hd95_mm"])
+def _number(value: Any) -> float:
+    return float("nan") if value is None else float(value)

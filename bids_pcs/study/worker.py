@@ -12,9 +12,11 @@ Two kinds of job:
   test participant's crop); writes the model directory and a record with
   time, memory and how many images pre-trained;
 - ``finetune``: one configuration: fine-tunes from scratch or from a
-  pre-trained model on the training crops, keeps the best epoch on the
-  validation crops, predicts the test crops and writes a record with time,
-  memory, parameter counts and one row per test crop.
+  pre-trained model on its labelled training crops (its label fraction) with
+  its training seed, keeps the best epoch on the validation crops, maps its
+  test predictions to the native T1w grid and scores them against the native
+  labels (:mod:`bids_pcs.study.native`), and writes a record with time,
+  memory, parameter counts and one row per test hemisphere.
 
 The record is written atomically at the very end, so a crash leaves nothing
 that could be mistaken for a result.  Exit status: 0 done, 1 failed (the
@@ -115,33 +117,51 @@ def run_pretraining(job: dict[str, Any], settings: Settings) -> dict[str, Any]:
 
 
 def run_configuration(job: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """Fine-tune one configuration, predict its test crops; return the record."""
+    """Fine-tune one configuration, score its test images on the native grid; return the record.
+
+    The job's split holds the labelled training participants of its label
+    fraction; its training seed replaces ``--seed`` for fine-tuning only (the
+    split and the pre-training were made with the study's seed).
+    """
+    import time
+
     from bids_pcs.devices import resolve_device
-    from bids_pcs.finetuning import finetune, predict_crops, score_predictions
+    from bids_pcs.finetuning import finetune, predict_crops
+    from bids_pcs.study.native import native_rows
+    from bids_pcs.study.scoring import ScoredRuns
 
     split = StudySplit.from_dict(job["split"])
-    labelled = read_labelled_crops(CropCache.from_dict(job["crops"]))
+    cache = CropCache.from_dict(job["crops"])
+    labelled = read_labelled_crops(cache)
     train = labelled.select(split.train)
     validation = labelled.select(split.validation) if split.validation else None
     test = labelled.select(split.test)
     device = resolve_device(settings.run.device)
+    training_seed = int(job.get("seed", settings.run.seed))
     settings = settings.replace(finetune={"strategy": job["strategy"]},
-                                run={"resume": False, "model_name": ""})
+                                run={"resume": False, "model_name": "", "seed": training_seed})
     ft = settings.finetune
     baseline = current_memory_mb(device)
     result = finetune(settings, train, validation, job["init"], model_dir=job["model_dir"],
                       device=device, progress=sys.stderr.isatty(),
-                      data_summary={"study": {"fold": split.fold, "split": split.to_dict()}})
+                      data_summary={"study": {"fold": split.fold, "split": split.to_dict(),
+                                              "label_fraction": job.get("label_fraction", 1.0),
+                                              "training_seed": training_seed}})
     peak = peak_memory_mb(device)  # before prediction: the training's own peak
+    started = time.perf_counter()
     predictions = predict_crops(result.network.to(device), test.crops,
                                 batch_size=ft.batch_size, device=device,
-                                threshold=settings.inference.threshold)
-    weights = (ft.segmentation_weight, ft.classification_weight)
+                                threshold=settings.inference.threshold, keep_probability=True)
+    rows = native_rows(settings, predictions, test, cache.images)
+    scoring_seconds = time.perf_counter() - started
     history = result.train.history
     strategy = result.strategy
     record = _common(job, device) | {
         "method": job["method"],
         "strategy": job["strategy"],
+        "label_fraction": job.get("label_fraction", 1.0),
+        "seed": training_seed,
+        "learning_rate": ft.learning_rate_for(job["strategy"]),
         "init": job["init"],
         "pretraining": job.get("pretraining"),
         "finetune_seconds": result.train.seconds,
@@ -156,44 +176,25 @@ def run_configuration(job: dict[str, Any], settings: Settings) -> dict[str, Any]
         "total_parameters": strategy["base_parameters"],
         "trainable_fraction": strategy["trainable_fraction"],
         "validation": result.metrics,
-        "test_scores": _without_hd95(score_predictions(predictions, test, weights=weights,
-                                                       prefix="test_")),
-        "test_rows": crop_rows(predictions, test, settings.crop.voxel_mm,
-                               settings.labels.classes),
-        "n_train_participants": len(split.train),
         # the labels fine-tuning learnt from: labelled images and hemispheres
         "n_train_images": len({item.prefix for item in train.info}),
         "n_train_labels": len(train),
+        "test_scores": ScoredRuns.from_records([rows]).scores(),
+        "test_rows": rows,
+        "test_grid": "native T1w",
+        "native_scoring_seconds": scoring_seconds,
+        "n_labelled_participants": len(split.train),
+        "n_train_participants": int(job.get("n_train_participants", len(split.train))),
         "n_validation_participants": len(split.validation),
         "n_test_participants": len(split.test),
         "model_dir": job["model_dir"],
     }
-    LOGGER.info("%s done: fine-tuning %.1f s, peak memory %.0f MiB, test Dice %.3f.",
-                job["name"], record["finetune_seconds"], peak,
-                record["test_scores"]["test_dice"])
+    LOGGER.info("%s done: fine-tuning %.1f s, peak memory %.0f MiB, native test Dice %.3f "
+                "(%d hemispheres with a sulcus), presence balanced accuracy %.3f; scoring %.1f s.",
+                job["name"], record["finetune_seconds"], peak, record["test_scores"]["dice"],
+                record["test_scores"]["dice_n"],
+                record["test_scores"]["presence_balanced_accuracy"], scoring_seconds)
     return record
-
-
-def crop_rows(predictions: Any, test: Any, voxel_mm: float,
-              classes: tuple[str, ...]) -> list[dict[str, Any]]:
-    """One row per test crop: who, true class, class probabilities, Dice and HD95 (mm)."""
-    from bids_pcs import metrics
-
-    truth_masks = test.crops.targets["segmentation"].numpy().astype(bool)
-    truth_classes = test.crops.targets["classification"].numpy()
-    spacing = (voxel_mm,) * 3
-    rows = []
-    for k, item in enumerate(test.info):
-        predicted, truth = predictions.masks[k], truth_masks[k]
-        rows.append({
-            "crop": item.name, "participant": item.subject, "session": item.session,
-            "hemisphere": item.hemisphere, "true_class": classes[int(truth_classes[k])],
-            "probabilities": [float(p) for p in predictions.probabilities[k]],
-            "dice": metrics.dice(predicted, truth),
-            "hd95_mm": metrics.hd95(predicted, truth, spacing=spacing),
-            "true_voxels": int(truth.sum()), "predicted_voxels": int(predicted.sum()),
-        })
-    return rows
 
 
 def _common(job: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -203,12 +204,6 @@ def _common(job: dict[str, Any], device: torch.device) -> dict[str, Any]:
         "threads": torch.get_num_threads(), "app_version": __version__,
         "finished": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
-
-
-def _without_hd95(scores: dict[str, float]) -> dict[str, float]:
-    # score_predictions measures HD95 on a 1 mm grid whatever the crop's voxel size; the
-    # true millimetres are in each test row (crop_rows passes the spacing)
-    return {k: v for k, v in scores.items() if not k.endswith("hd95_mm")}
 
 
 def _mean(values: list[float]) -> float | None:

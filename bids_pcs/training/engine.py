@@ -502,7 +502,9 @@ class Engine:
         if not self.context.is_main:
             return
         figures = [f"loss {row['loss']:.4f}"]
-        figures += [f"{key} {value:.4f}" for key, value in validation.items()]
+        # the counts a score rests on (``_n``) stay in the TSV log; the line shows the scores
+        figures += [f"{key} {value:.4f}" for key, value in validation.items()
+                    if not key.endswith("_n")]
         mark = " (best so far)" if best and self.config.monitor else ""
         LOGGER.info("%s epoch %d/%d: %s, %.1f s%s", self.config.description, row["epoch"],
                     self.config.epochs, ", ".join(figures), row["seconds"], mark)
