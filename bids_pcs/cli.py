@@ -224,6 +224,7 @@ def cli(**options: Any) -> None:
       bids_pcs /data /out group
     """
     ctx = click.get_current_context()
+    settings = None
     try:
         check_level_options(options)
         options["recipe_given"] = (ctx.get_parameter_source("recipe")
@@ -232,6 +233,17 @@ def cli(**options: Any) -> None:
         _execute(settings)
     except click.UsageError:
         raise
+    except (OSError, MemoryError) as exc:
+        # a full disk, a read-only folder, memory or file handles run out, in any layer
+        from bids_pcs.system_errors import run_folders, system_error
+
+        error = system_error(exc, folders=run_folders(settings) if settings else ())
+        if error is None:
+            _internal_error(ctx, exc, options["verbose"])
+        LOGGER.debug("run failed: %s", error, exc_info=True)
+        click.echo(f"bids_pcs: error: {error}", err=True)
+        _record_for_torchrun(error)
+        ctx.exit(error.exit_code)
     except BidsPcsError as exc:
         # the run log keeps the message and traceback; the console shows the
         # traceback only with -v (its handler is at DEBUG then)
@@ -243,13 +255,17 @@ def cli(**options: Any) -> None:
         click.echo("bids_pcs: interrupted; finished outputs are kept, rerun to resume.", err=True)
         ctx.exit(130)
     except Exception as exc:  # a bug: say where the details are
-        LOGGER.debug("unexpected error", exc_info=True)
-        _record_for_torchrun(exc)
-        if options["verbose"]:
-            raise
-        click.echo(f"bids_pcs: internal error: {type(exc).__name__}: {exc} "
-                   "(rerun with -v for the traceback; the run log has it too).", err=True)
-        ctx.exit(1)
+        _internal_error(ctx, exc, options["verbose"])
+
+
+def _internal_error(ctx: click.Context, exc: BaseException, verbose: int) -> None:
+    LOGGER.debug("unexpected error", exc_info=True)
+    _record_for_torchrun(exc)
+    if verbose:
+        raise exc
+    click.echo(f"bids_pcs: internal error: {type(exc).__name__}: {exc} "
+               "(rerun with -v for the traceback; the run log has it too).", err=True)
+    ctx.exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -498,6 +514,10 @@ def _execute(settings) -> None:
         LOGGER.info("%d T1w image(s) selected: %s", len(images),
                     ", ".join(im.prefix for im in images[:10])
                     + (" ..." if len(images) > 10 else ""))
+        from bids_pcs.preflight import check_before_work
+
+        # writable folders and enough free space, before any registration
+        check_before_work(settings, images)
     module.run(settings)
     LOGGER.info("%s level finished; outputs in %s", level, output_dir)
 

@@ -110,7 +110,9 @@ class RegistrationSettings:
 class NipypeSettings:
     """How Nipype executes the preprocessing workflow.
 
-    ``plugin = "auto"`` picks Linear for one process and MultiProc otherwise;
+    ``plugin = "auto"`` follows the plan of :mod:`bids_pcs.resources` (Linear for one
+    image at a time, else MultiProc, whose workers killed by a signal fail their own
+    image only: :mod:`bids_pcs.workflows.multiproc`);
     any other Nipype plugin name (e.g. ``"SLURMGraph"``, with ``plugin_args``
     such as ``{sbatch_args = "--mem=4G"}``) fans the nodes out as it does.
     """

@@ -40,15 +40,13 @@ from typing import Any
 from bids_pcs.config import HEMISPHERES, TEMPLATE_NAME, Settings
 from bids_pcs.errors import BidsPcsError, ImageError
 from bids_pcs.io.bids_input import T1wImage
-from bids_pcs.io.derivatives import crop_path, registration_qc_path, xfm_path
+from bids_pcs.io.derivatives import crop_path, registration_qc_path, sidecar_path, xfm_path
+from bids_pcs.io.manifest import set_problem
 from bids_pcs.io.nifti import QFORM_SFORM_TOLERANCE_MM, load_t1w, qform_sform_mismatch_mm
 from bids_pcs.resources import PreprocPlan, physical_memory_bytes, plan_preprocessing
-from bids_pcs.workflows.execution import failure_reason
 
 LOGGER = logging.getLogger("bids_pcs.preprocess")
 TRANSFORM_EXTENSION = ".h5"  # ANTs composite: affine, or affine + warp when deformable
-# "Node: bids_pcs_preproc_wf.<image>_wf.<node>" opens every Nipype crash file
-_CRASH_NODE = re.compile(r"^Node: [^.]+\.(?P<workflow>[^.]+)\.(?P<node>\S+)")
 
 
 class PreprocessingError(BidsPcsError):
@@ -105,6 +103,11 @@ class _Destinations:
         return [*self.crops.values(), self.forward_transform, self.inverse_transform,
                 self.qc_file]
 
+    def members(self) -> list[Path]:
+        """Every file of the set but the QC record (which lists them, written last)."""
+        files = [*self.crops.values(), self.forward_transform, self.inverse_transform]
+        return files + [sidecar_path(path) for path in files]
+
 
 def output_paths(output_dir: Path, image: T1wImage) -> _Destinations:
     """Where the preprocessing derivatives of ``image`` live under ``output_dir``."""
@@ -125,21 +128,35 @@ def preprocessing_settings(settings: Settings) -> dict[str, Any]:
 
 def load_preprocessed(settings: Settings, image: T1wImage,
                       output_dir: Path | None = None) -> PreprocessedImage | None:
-    """The existing derivatives of ``image``, or None if any is missing or was made otherwise."""
+    """The existing derivatives of ``image``, or None if incomplete, absent or made otherwise."""
+    return preprocessed_state(settings, image, output_dir)[0]
+
+
+def preprocessed_state(settings: Settings, image: T1wImage, output_dir: Path | None = None,
+                       ) -> tuple[PreprocessedImage | None, str | None]:
+    """The derivatives of ``image`` if complete, else why not (``None``: nothing there).
+
+    Complete means the QC record, written last, lists every file of the set
+    as it is on disk (:mod:`bids_pcs.io.manifest`), and was made with this
+    run's preprocessing settings.
+    """
     output_dir = Path(output_dir or settings.run.output_dir)
     where = output_paths(output_dir, image)
-    if not all(p.is_file() for p in where.all()):
-        return None
+    problem = set_problem(where.qc_file, where.members())
+    if problem is not None:
+        return None, f"its preprocessing outputs are incomplete ({problem})"
+    if not where.qc_file.is_file():
+        return None, None
     try:
         qc = json.loads(where.qc_file.read_text())
     except (OSError, ValueError):
-        return None
+        return None, f"{where.qc_file.name} is unreadable"
     if qc.get("Settings") != preprocessing_settings(settings):
-        return None
+        return None, "its preprocessing outputs were made with other settings"
     return PreprocessedImage(image=image, crops=dict(where.crops),
                              forward_transform=where.forward_transform,
                              inverse_transform=where.inverse_transform,
-                             qc_file=where.qc_file, qc=qc)
+                             qc_file=where.qc_file, qc=qc), None
 
 
 def preprocess_images(
@@ -172,11 +189,13 @@ def preprocess_images(
     todo: list[T1wImage] = []
     failed: dict[T1wImage, str] = {}
     for image in images:
-        existing = load_preprocessed(settings, image, output_dir)
+        existing, why_not = preprocessed_state(settings, image, output_dir)
         if existing is not None:
             LOGGER.info("%s: preprocessing outputs exist, skipped", image.prefix)
             done[image] = existing
             continue
+        if why_not is not None:
+            LOGGER.warning("%s: %s; preprocessing it again.", image.prefix, why_not)
         try:
             # the header only: a clear error at once, and no voxel read twice (the
             # workflow's first node checks the data, in parallel)
@@ -245,7 +264,15 @@ def _preprocess_locked(settings: Settings, todo: list[T1wImage], output_dir: Pat
 def _preprocess_batch(settings: Settings, images: list[T1wImage], output_dir: Path, work: Path,
                       done: dict[T1wImage, PreprocessedImage],
                       failed: dict[T1wImage, str]) -> Exception | None:
-    """One Nipype run over ``images``; each ends in ``done`` or, with its reason, ``failed``."""
+    """One Nipype run over ``images``; each ends in ``done`` or, with its reason, ``failed``.
+
+    Raises:
+        SystemResourceError: a crash came from the machine and would stop every
+            other image too (a full disk, a read-only folder, too many open
+            files): one sentence naming the folder, after the batch is over.
+    """
+    from bids_pcs.crashes import crash_reasons, machine_error
+    from bids_pcs.system_errors import run_folders
     from bids_pcs.workflows.execution import ImageProgress
 
     crash_dir = work / "crash"
@@ -255,19 +282,34 @@ def _preprocess_batch(settings: Settings, images: list[T1wImage], output_dir: Pa
                              crash_dir)
     started = time.time()
     error = _run(workflow, settings, plan, progress)
-    reasons = _crash_reasons(crash_dir, since=started)
+    crashes = crash_reasons(crash_dir, since=started)
+    folders = run_folders(settings)
+    stopping: list[BidsPcsError] = []
     for image in images:
         result = load_preprocessed(settings, image, output_dir)
         if result is not None:
             done[image] = result
             continue
-        reason = (reasons.get(_workflow_name(image))
-                  or "failed in the preprocessing workflow (no crash file found)")
+        crash = crashes.get(_workflow_name(image))
+        machine = machine_error(crash, image, folders)
+        if isinstance(machine, BidsPcsError):
+            # the run ends with this sentence: the run log keeps it per image too
+            LOGGER.debug("%s: preprocessing failed: %s", image.prefix, machine)
+            stopping.append(machine)
+            continue
+        if machine is not None:
+            reason = machine
+        elif crash is not None:
+            reason = crash.reason
+        else:
+            reason = "failed in the preprocessing workflow (no crash file found)"
         failed[image] = _short_reason(reason, image)
         # one console line per failed image: the progress callback said it already
         level = logging.DEBUG if image.prefix in progress.failed else logging.ERROR
         LOGGER.log(level, "%s: preprocessing failed: %s (crash file in %s)", image.prefix,
                    reason, crash_dir)
+    if stopping:
+        raise stopping[0]
     return error
 
 
@@ -315,27 +357,6 @@ def _check_header(image: T1wImage) -> None:
             image.prefix, image.path.name, mismatch)
 
 
-def _crash_reasons(crash_dir: Path, since: float) -> dict[str, str]:
-    """Per image workflow name, the exception of its first crash file written after ``since``."""
-    reasons: dict[str, str] = {}
-    if not crash_dir.is_dir():
-        return reasons
-    for path in sorted(crash_dir.glob("crash-*.txt"), key=lambda p: p.stat().st_mtime):
-        if path.stat().st_mtime < since - 1:  # crash files of earlier runs
-            continue
-        try:
-            lines = path.read_text(errors="replace").splitlines()
-        except OSError:
-            continue
-        node = _CRASH_NODE.match(lines[0]) if lines else None
-        if node is None or node["workflow"] in reasons:
-            continue
-        reason = failure_reason(lines, node["node"])
-        if reason:
-            reasons[node["workflow"]] = reason
-    return reasons
-
-
 def _short_reason(reason: str, image: T1wImage) -> str:
     """``"Image /x/sub-01_T1w.nii.gz is constant (0); replace it."`` -> ``"is constant (0)"``."""
     head = f"Image {image.path} "
@@ -347,15 +368,27 @@ def _short_reason(reason: str, image: T1wImage) -> str:
 def _failure_summary(images: Sequence[T1wImage], failed: dict[T1wImage, str],
                      crash_dir: Path | None) -> str:
     """One sentence for a run where ``failed`` images could not be preprocessed."""
+    from bids_pcs.crashes import MEMORY_REASONS
+    from bids_pcs.system_errors import MEMORY_FLAGS
+
+    memory = [image for image, reason in failed.items() if reason.startswith(MEMORY_REASONS)]
     if len(images) == 1:
         where = f" (crash file in {crash_dir})" if crash_dir is not None else ""
         (image, reason), = failed.items()
-        return (f"Image {image.path} {reason}; fix or replace it and rerun{where}.")
+        fix = (f"if memory ran out, lower {MEMORY_FLAGS}, then rerun" if memory
+               else "fix or replace it and rerun")
+        return f"Image {image.path} {reason}; {fix}{where}."
     listed = "; ".join(f"{image.prefix} {reason}" for image, reason in failed.items())
     crash = f"; crash files are in {crash_dir}" if crash_dir is not None else ""
+    if len(memory) == len(failed):
+        fix = f"if memory ran out, lower {MEMORY_FLAGS}, then rerun"
+    elif memory:
+        fix = (f"fix or remove the others; for {', '.join(i.prefix for i in memory)} lower "
+               f"{MEMORY_FLAGS}; then rerun")
+    else:
+        fix = "fix or remove these images and rerun"
     return (f"{len(failed)} of {len(images)} T1w images could not be preprocessed ({listed}); "
-            f"the other images' outputs are written: fix or remove these images and rerun "
-            f"(the log names each file{crash}).")
+            f"the other images' outputs are written: {fix} (the log names each file{crash}).")
 
 
 def _plan(settings: Settings, images: Sequence[T1wImage]) -> PreprocPlan:

@@ -7,6 +7,7 @@ result can always be traced to the exact configuration that made it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import os
@@ -72,13 +73,35 @@ def _not_nipype(record: logging.LogRecord) -> bool:
     return not record.name.startswith("nipype")
 
 
+class RunLogHandler(logging.FileHandler):
+    """The run log's file handler: a failed write (a full disk) stops it, quietly.
+
+    ``logging`` would print a traceback to stderr for every record it cannot
+    write; on a full OUTPUT_DIR that buries the one sentence saying so. The
+    first failure is said once on stderr and the log stops there.
+    """
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, OSError):
+            super().handleError(record)
+            return
+        if self.stream is not None:
+            with contextlib.suppress(OSError):
+                self.stream.close()
+        self.stream = None
+        self.setLevel(logging.CRITICAL + 1)  # nothing more is tried
+        sys.stderr.write(f"bids_pcs: warning: the run log {self.baseFilename} stops here "
+                         f"({exc.strerror}).\n")
+
+
 def start_run_log(output_dir: Path, level: str, run_id: str) -> Path:
     """Attach a debug-level file handler under ``OUTPUT_DIR/logs``; return the log path."""
     logs = Path(output_dir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     path = logs / f"{level}_{run_id}.log"
     global _current_log
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = RunLogHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     handler.setLevel(logging.DEBUG)
     logging.getLogger().addHandler(handler)

@@ -9,11 +9,14 @@
 - a file-system watcher (tree snapshots) and an audit hook installed in every
   Python process of a run (``sitecustomize``) that records writes and network
   attempts, for the confinement tests;
-- ``cli``: the command line in a fresh interpreter with a chosen environment.
+- ``cli``: the command line in a fresh interpreter with a chosen environment;
+- small file systems (a tmpfs, as root) and a filler that leaves a chosen
+  number of bytes free on them, for the full-disk tests.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
@@ -132,6 +135,26 @@ def _singular() -> bytes:
     return _raw_nifti(header, _head_like().tobytes(order="F"))
 
 
+def _sheared() -> bytes:
+    """A converter's gantry-tilt output: the y axis leans 17 degrees towards x."""
+    affine = np.eye(4)
+    affine[0, 1] = 0.3
+    return _with(_head_like(), affine)
+
+
+def _speck() -> bytes:
+    """A constant volume with a speck of signal (what a failed export can leave)."""
+    data = np.full(SMALL, 100.0, np.float32)
+    data[18:22, 18:22, 18:22] += np.random.default_rng(2).random((4, 4, 4)) * 50
+    return _with(data)
+
+
+def _hot_voxel(value: float) -> bytes:
+    data = _head_like()
+    data[5, 6, 7] = value
+    return _with(data)
+
+
 # name -> (file bytes, the words the one-sentence error must contain)
 BAD_IMAGES: dict[str, tuple[Callable[[], bytes], str]] = {
     "empty": (lambda: b"", "is an empty file"),
@@ -150,6 +173,14 @@ BAD_IMAGES: dict[str, tuple[Callable[[], bytes], str]] = {
     "singular": (_singular, "invalid (singular or non-finite) affine"),
     "thin": (lambda: _with(_head_like((40, 40, 4))), "is too small"),
     "huge": (_huge_header, "this app accepts"),
+    # readable, but unfit to register (issue 19)
+    "tinyfov": (lambda: _voxels(0.5), "covers only 20 x 20 x 20 mm"),
+    "slab": (lambda: _with(_head_like((40, 40, 12)), np.diag([1.0, 1.0, 2.5, 1.0])),
+             "covers only 40 x 40 x 30 mm"),
+    "sheared": (_sheared, "has a sheared affine (two voxel axes are 73.3 degrees apart"),
+    "speck": (_speck, "is nearly constant (99.90% of its voxels are 100)"),
+    "hotvoxel": (lambda: _hot_voxel(1e9), "has an extreme intensity outlier (1e+09"),
+    "coldvoxel": (lambda: _hot_voxel(-3e7), "has an extreme intensity outlier (-3e+07"),
 }
 
 
@@ -419,3 +450,82 @@ def one_error_line(stderr: str) -> str:
     assert len(lines) == 1, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
     return lines[0]
+
+
+# ------------------------------------------------------- small file systems
+def can_mount() -> bool:
+    """Whether this process may mount a tmpfs (root with CAP_SYS_ADMIN)."""
+    return os.geteuid() == 0 and shutil.which("mount") is not None
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str):
+    """A tmpfs of ``size`` (``"8m"``) mounted at ``path``, unmounted on exit.
+
+    The caller skips the test where :func:`can_mount` is false; a mount that
+    fails here raises (it should not, as root).
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                   check=True, capture_output=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
+
+
+def free_bytes(path: Path) -> int:
+    stats = os.statvfs(path)
+    return stats.f_bavail * stats.f_frsize
+
+
+def fill_disk(folder: Path, leave_bytes: int = 0, name: str = ".filler") -> Path:
+    """Allocate a hidden file so that about ``leave_bytes`` stay free on ``folder``'s disk."""
+    filler = folder / name
+    size = free_bytes(folder) - leave_bytes
+    with open(filler, "ab") as handle:
+        if size > 0:
+            os.posix_fallocate(handle.fileno(), handle.seek(0, 2), size)
+    return filler
+
+
+def pages(n_bytes: int, page: int = 4096) -> int:
+    """What a file of ``n_bytes`` takes on a tmpfs (whole pages)."""
+    return -(-n_bytes // page) * page
+
+
+# -------------------------------------------- preprocessing already done
+def finished_crops(root: Path, recipe: str = "tiny-cpu-2mm", n_images: int = 4,
+                   ) -> tuple[Path, Path]:
+    """(BIDS_DIR, OUTPUT_DIR): small images whose preprocessing sets are complete.
+
+    The crops are random (training levels then start at once; registration is
+    tested elsewhere); each set has its sidecars and a QC record listing
+    them, as the derivatives sink writes it.
+    """
+    from bids_pcs.config import load_settings
+    from bids_pcs.io.bids_input import collect_t1w
+    from bids_pcs.io.derivatives import init_derivatives
+    from bids_pcs.io.manifest import describe_files
+    from bids_pcs.preprocess import output_paths, preprocessing_settings
+
+    raw = bids_dataset(root / "bids", {f"{k:02d}": small_t1w() for k in range(1, n_images + 1)})
+    out = init_derivatives(root / "out", raw)
+    settings = load_settings(recipe)
+    rng = np.random.default_rng(0)
+    for image in collect_t1w(raw):
+        where = output_paths(out, image)
+        for crop in where.crops.values():
+            crop.parent.mkdir(parents=True, exist_ok=True)
+            data = rng.random(settings.crop.shape_vox, dtype=np.float32)
+            nib.save(nib.Nifti1Image(data, np.eye(4)), crop)
+        for path in (where.forward_transform, where.inverse_transform):
+            path.write_bytes(b"transform")
+        for path in where.members():
+            if path.suffix == ".json":
+                path.write_text("{}")
+        where.qc_file.write_text(json.dumps({
+            "Passed": True, "Correlation": {"L": 0.9, "R": 0.9}, "MinCorrelation": 0.9,
+            "Threshold": 0.5, "Settings": preprocessing_settings(settings),
+            "Files": describe_files(where.members(), where.qc_file.parent)}))
+    return raw, out

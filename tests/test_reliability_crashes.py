@@ -20,21 +20,20 @@ import pytest
 from reliability_helpers import (
     FAST_REGISTRATION,
     bids_dataset,
+    finished_crops,
     kill_group,
     kmeans,
     oblique,
     run_env,
-    small_t1w,
     start_cli,
     wait_for,
 )
 
-from bids_pcs.config import load_settings
 from bids_pcs.io.atomic import atomic_path
 from bids_pcs.io.bids_input import collect_t1w
 from bids_pcs.io.derivatives import init_derivatives
 from bids_pcs.io.validator import validate
-from bids_pcs.preprocess import output_paths, preprocessing_settings
+from bids_pcs.preprocess import output_paths
 
 
 def _hidden_temporaries(root: Path) -> list[Path]:
@@ -161,22 +160,7 @@ EPOCHS = 8
 @pytest.fixture
 def preprocessed(tmp_path) -> tuple[Path, Path]:
     """Four small images whose crops already exist (registration is tested elsewhere)."""
-    raw = bids_dataset(tmp_path / "bids", {f"{k:02d}": small_t1w() for k in range(1, 5)})
-    out = init_derivatives(tmp_path / "out", raw)
-    settings = load_settings(RECIPE)
-    rng = np.random.default_rng(0)
-    for image in collect_t1w(raw):
-        where = output_paths(out, image)
-        for crop in where.crops.values():
-            crop.parent.mkdir(parents=True, exist_ok=True)
-            data = rng.random(settings.crop.shape_vox, dtype=np.float32)
-            nib.save(nib.Nifti1Image(data, np.eye(4)), crop)
-        where.forward_transform.write_bytes(b"transform")
-        where.inverse_transform.write_bytes(b"transform")
-        where.qc_file.write_text(json.dumps({
-            "Passed": True, "Correlation": {"L": 0.9, "R": 0.9}, "MinCorrelation": 0.9,
-            "Threshold": 0.5, "Settings": preprocessing_settings(settings)}))
-    return raw, out
+    return finished_crops(tmp_path, RECIPE)
 
 
 def _checkpoint(work: Path) -> dict:

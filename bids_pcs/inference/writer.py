@@ -7,8 +7,11 @@ For an image that passed registration QC (names from :mod:`bids_pcs.io.derivativ
 - ``<prefix>_space-T1w_desc-pcs_dseg.nii.gz`` (+ ``.json``): 0 background,
   1 left PCS, 2 right PCS (the label map of ``desc-pcs_dseg.tsv``), uint8;
 - ``<prefix>_desc-pcs_pcs.tsv`` / ``.json``: the per-image result table of
-  docs/architecture.md ("Per-image PCS results"), written last, so a table
-  always describes maps that are already in place.
+  docs/architecture.md ("Per-image PCS results"). The set is written as a
+  unit (:mod:`bids_pcs.io.manifest`): the JSON is removed before anything is
+  rewritten and written last, listing the maps and the table with their
+  sizes and SHA-256 (``Files``), so an interrupted write is never taken for a
+  result.
 
 An image that failed QC gets only the table, every value ``n/a`` but its QC
 correlation, ``qc_passed`` false, so it is listed (by the reports and the
@@ -42,11 +45,13 @@ from bids_pcs.io.derivatives import (
     PCS_TABLE_COLUMNS,
     dseg_path,
     pcs_metadata_path,
+    pcs_set_members,
     pcs_table_path,
     probseg_path,
     sidecar_path,
     write_sidecar,
 )
+from bids_pcs.io.manifest import FILES_KEY, describe_files, set_exists
 from bids_pcs.preprocess import PreprocessedImage
 
 LOGGER = logging.getLogger("bids_pcs.inference")
@@ -81,6 +86,7 @@ def write_image_results(output_dir: Path, preprocessed: PreprocessedImage, nativ
     """
     output_dir = Path(output_dir)
     image, qc = preprocessed.image, preprocessed.qc
+    _start_set(output_dir, image)
     written: list[Path] = []
     inverse = preprocessed.inverse_transform
     common = {"Model": context.model, "SoftwareVersion": __version__,
@@ -122,7 +128,7 @@ def write_image_results(output_dir: Path, preprocessed: PreprocessedImage, nativ
         })
     sources = [image.bids_uri, _uri(output_dir, dseg),
                *(_uri(output_dir, probseg_path(output_dir, image, h)) for h in HEMISPHERES)]
-    written += _write_table(output_dir, image, rows, sources, qc, context)
+    written += _write_table(output_dir, image, rows, sources, qc, context, maps=written)
     return written
 
 
@@ -131,6 +137,7 @@ def write_qc_failed(output_dir: Path, preprocessed: PreprocessedImage,
     """Record an image that failed registration QC: n/a values, ``qc_passed`` false."""
     output_dir = Path(output_dir)
     image, qc = preprocessed.image, preprocessed.qc
+    _start_set(output_dir, image)
     for stale in _maps(output_dir, image):
         if stale.exists():
             LOGGER.info("%s: removing %s from an earlier run (registration QC failed now)",
@@ -143,11 +150,21 @@ def write_qc_failed(output_dir: Path, preprocessed: PreprocessedImage,
     qc_file = Path(preprocessed.qc_file)
     sources = [image.bids_uri] + ([_uri(output_dir, qc_file)] if qc_file.is_file()
                                   and qc_file.is_relative_to(output_dir) else [])
-    return _write_table(output_dir, image, rows, sources, qc, context)
+    return _write_table(output_dir, image, rows, sources, qc, context, maps=[])
+
+
+def _start_set(output_dir: Path, image: T1wImage) -> None:
+    """Remove the set's record first: until it is written again, the set is not done."""
+    record = pcs_metadata_path(output_dir, image)
+    if not record.is_file() and set_exists(record, pcs_set_members(output_dir, image)):
+        LOGGER.info("%s: the PCS outputs of an earlier run are incomplete (%s is missing); "
+                    "writing them again.", image.prefix, record.name)
+    record.unlink(missing_ok=True)
 
 
 def _write_table(output_dir: Path, image: T1wImage, rows: list[dict[str, str]],
-                 sources: list[str], qc: Mapping[str, Any], context: WriteContext) -> list[Path]:
+                 sources: list[str], qc: Mapping[str, Any], context: WriteContext,
+                 maps: list[Path]) -> list[Path]:
     columns = list(PCS_TABLE_COLUMNS)
     lines = ["\t".join(columns)] + ["\t".join(row[c] for c in columns) for row in rows]
     table = write_text(pcs_table_path(output_dir, image), "\n".join(lines) + "\n")
@@ -165,7 +182,9 @@ def _write_table(output_dir: Path, image: T1wImage, rows: list[dict[str, str]],
     }
     if context.flip_tta:
         metadata["FlipTTAMethod"] = FLIP_DESCRIPTION
-    meta = write_json(pcs_metadata_path(output_dir, image), metadata)
+    record = pcs_metadata_path(output_dir, image)
+    metadata[FILES_KEY] = describe_files([*maps, table], record.parent)
+    meta = write_json(record, metadata)
     return [table, meta]
 
 
@@ -198,9 +217,7 @@ def _number(value: Any, digits: int) -> str:
 
 
 def _maps(output_dir: Path, image: T1wImage) -> list[Path]:
-    images = [dseg_path(output_dir, image)] + [probseg_path(output_dir, image, h)
-                                               for h in HEMISPHERES]
-    return [p for path in images for p in (path, sidecar_path(path))]
+    return pcs_set_members(output_dir, image)[:-1]
 
 
 def _uri(output_dir: Path, path: Path) -> str:

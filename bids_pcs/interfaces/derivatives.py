@@ -40,6 +40,11 @@ class _SinkOutputSpec(TraitedSpec):
 class PreprocDerivativesSink(SimpleInterface):
     """Copy crops, transforms and QC into OUTPUT_DIR, each file atomically, with sidecars.
 
+    The image's set is written as a unit (:mod:`bids_pcs.io.manifest`): the QC
+    record is removed first and written last, listing every other file with
+    its size and SHA-256, so a set interrupted mid-way (a full disk, a kill)
+    is never taken for a finished one.
+
     Always runs (never cached), so a rerun over a deleted or partial output
     directory writes the files again from the cached results in the work dir.
     """
@@ -54,11 +59,14 @@ class PreprocDerivativesSink(SimpleInterface):
 
         from bids_pcs.io.atomic import atomic_path, write_json
         from bids_pcs.io.derivatives import write_sidecar
+        from bids_pcs.io.manifest import FILES_KEY, describe_files
 
         inputs = self.inputs
         root = Path(inputs.dataset_root)
         qc = json.loads(Path(inputs.qc_file).read_text())
         written = []
+        # until the new record is written, the set is incomplete for every reader
+        Path(inputs.out_qc).unlink(missing_ok=True)
 
         def copy(src: str, dst: str) -> Path:
             with atomic_path(dst) as tmp:
@@ -71,14 +79,14 @@ class PreprocDerivativesSink(SimpleInterface):
 
         forward = copy(inputs.forward_transform, inputs.out_forward_transform)
         inverse = copy(inputs.inverse_transform, inputs.out_inverse_transform)
-        write_sidecar(forward, [inputs.source_uri], FromSpace="T1w",
-                      ToSpace=qc["Template"], **inputs.transform_metadata)
-        write_sidecar(inverse, [inputs.source_uri], FromSpace=qc["Template"],
-                      ToSpace="T1w", **inputs.transform_metadata)
+        written.append(write_sidecar(forward, [inputs.source_uri], FromSpace="T1w",
+                                     ToSpace=qc["Template"], **inputs.transform_metadata))
+        written.append(write_sidecar(inverse, [inputs.source_uri], FromSpace=qc["Template"],
+                                     ToSpace="T1w", **inputs.transform_metadata))
         for hemisphere, src, dst in zip(HEMISPHERES, inputs.in_crops, inputs.out_crops,
                                         strict=True):
             crop = copy(src, dst)
-            write_sidecar(
+            written.append(write_sidecar(
                 crop, [inputs.source_uri, uri(inputs.out_forward_transform)],
                 Hemisphere=hemisphere,
                 # required by BIDS for preprocessed T1w; crops come from the unmasked image
@@ -87,10 +95,11 @@ class PreprocDerivativesSink(SimpleInterface):
                 Mirrored=bool(hemisphere == "R" and inputs.crop_metadata.get("MirrorRight")),
                 RegistrationQC={"Correlation": qc["Correlation"][hemisphere],
                                 "Threshold": qc["Threshold"], "Passed": qc["Passed"]},
-            )
+            ))
         record = {"Sources": [inputs.source_uri, *(uri(p) for p in inputs.out_crops)],
-                  **qc, "Settings": inputs.preprocessing_settings}
+                  **qc, "Settings": inputs.preprocessing_settings,
+                  FILES_KEY: describe_files(written, Path(inputs.out_qc).parent)}
         write_json(inputs.out_qc, record)
         written.append(inputs.out_qc)
-        self._results["out_files"] = written
+        self._results["out_files"] = [str(path) for path in written]
         return runtime

@@ -48,6 +48,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, 0o644 & ~_umask())
         os.replace(tmp, final)
+    except OSError as exc:
+        # a write() into an open file (gzip, nibabel, torch) names no file: name the
+        # destination, so a full disk or a read-only folder can be reported by name
+        if exc.filename is None:
+            exc.filename = str(final)
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -249,6 +249,18 @@ def pcs_metadata_path(output_dir: Path, source: T1wImage) -> Path:
     return derivative_path(output_dir, source, desc="pcs", suffix="pcs", extension=".json")
 
 
+def pcs_set_members(output_dir: Path, source: T1wImage, *, with_maps: bool = True) -> list[Path]:
+    """The files of an image's PCS results besides :func:`pcs_metadata_path`, which lists them.
+
+    ``with_maps``: the probsegs and dseg with their sidecars (an image that
+    failed registration QC has the table only).
+    """
+    maps = [dseg_path(output_dir, source)] + [probseg_path(output_dir, source, h)
+                                              for h in ("L", "R")]
+    members = [p for path in maps for p in (path, sidecar_path(path))] if with_maps else []
+    return [*members, pcs_table_path(output_dir, source)]
+
+
 def registration_qc_path(output_dir: Path, source: T1wImage) -> Path:
     """The preprocessing's QC record: ``<prefix>_space-<template>_desc-registration_qc.json``."""
     return derivative_path(output_dir, source, space=TEMPLATE_NAME, desc="registration",

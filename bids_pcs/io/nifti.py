@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -22,6 +23,18 @@ MIN_VOXEL_MM = 0.05
 MAX_VOXEL_MM = 10.0
 # qform and sform farther apart than this (mm) earn a warning
 QFORM_SFORM_TOLERANCE_MM = 1.0
+# unfit to register though readable (issue 19): a field of view smaller than this
+# along any axis holds no head (a slab, a localizer, a header with wrong voxel sizes)
+MIN_FIELD_OF_VIEW_MM = 40.0
+# ANTs refuses voxel axes more than 0.5 degrees from perpendicular ("desheared
+# directions deviate"); such an image must be resliced first
+MAX_SHEAR_DEG = 0.5
+# at most this share of the voxels may hold the commonest value (a constant volume
+# with a speck of signal; a real head in its field of view holds far more)
+MAX_CONSTANT_SHARE = 0.995
+# a voxel farther from the 0.1-99.9th percentile range than this many times its width
+# squeezes every other voxel into one bin of the registration's intensity histogram
+MAX_OUTLIER_SPREADS = 100.0
 
 
 def load_t1w(path: str | Path, *, check_data: bool = True) -> nib.Nifti1Image:
@@ -74,6 +87,7 @@ def load_t1w(path: str | Path, *, check_data: bool = True) -> nib.Nifti1Image:
                          f"{tuple(round(v, 4) for v in voxel_mm)} mm",
                          f"T1w voxels must be {MIN_VOXEL_MM} to {MAX_VOXEL_MM} mm; "
                          "fix the header or resample the image")
+    _check_geometry(path, shape, affine, voxel_mm)
     if not check_data:
         if len(img.shape) == 4:
             img = img.slicer[..., 0]
@@ -89,9 +103,51 @@ def load_t1w(path: str | Path, *, check_data: bool = True) -> nib.Nifti1Image:
     if float(data.max()) == float(data.min()):
         raise ImageError(path, f"is constant (all voxels {float(data.min()):g})",
                          "replace it with a valid T1w image")
+    _check_intensities(path, data)
     out = nib.Nifti1Image(data, affine, img.header)
     out.header.set_data_dtype(np.float32)
     return out
+
+
+def _check_geometry(path: Path, shape: tuple[int, ...], affine: np.ndarray,
+                    voxel_mm: tuple[float, ...]) -> None:
+    """Refuse a grid no registration can use: a tiny field of view, sheared axes."""
+    extent = tuple(n * v for n, v in zip(shape, voxel_mm, strict=True))
+    if min(extent) < MIN_FIELD_OF_VIEW_MM:
+        raise ImageError(path, f"covers only {' x '.join(f'{e:.0f}' for e in extent)} mm "
+                         f"({' x '.join(map(str, shape))} voxels of "
+                         f"{' x '.join(f'{v:g}' for v in voxel_mm)} mm)",
+                         f"a T1w head image spans at least {MIN_FIELD_OF_VIEW_MM:g} mm along "
+                         "every axis: check the voxel sizes in its header, or use the "
+                         "whole-head scan")
+    axes = affine[:3, :3] / np.asarray(voxel_mm)
+    cosines = np.abs(axes.T @ axes)[np.triu_indices(3, 1)]
+    shear = float(np.degrees(np.arcsin(np.clip(cosines.max(), 0, 1))))
+    if shear > MAX_SHEAR_DEG:
+        raise ImageError(path, f"has a sheared affine (two voxel axes are {90 - shear:.1f} "
+                         f"degrees apart, not 90)",
+                         "reslice it onto a perpendicular grid (e.g. dcm2niix's gantry-tilt "
+                         "correction) before registration")
+
+
+def _check_intensities(path: Path, data: np.ndarray) -> None:
+    """Refuse voxel values no registration can use: a near-constant volume, wild outliers."""
+    sample = data[::2, ::2, ::2]  # percentiles of every 8th voxel: seconds saved on 1 mm heads
+    commonest = float(np.median(sample))
+    share = np.count_nonzero(data == commonest) / data.size
+    if share > MAX_CONSTANT_SHARE:
+        percent = math.floor(10000 * share) / 100  # 99.999% is not "100.00%"
+        raise ImageError(path, f"is nearly constant ({percent:.2f}% of its voxels are "
+                         f"{commonest:g})", "replace it with a valid T1w image")
+    low, high = (float(v) for v in np.percentile(sample, [0.1, 99.9]))
+    width = high - low
+    top, bottom = float(data.max()), float(data.min())
+    if width > 0 and max(top - high, low - bottom) > MAX_OUTLIER_SPREADS * width:
+        worst = top if top - high >= low - bottom else bottom
+        raise ImageError(path, f"has an extreme intensity outlier ({worst:.3g}, while 99.8% of "
+                         f"its voxels lie within {low:.3g} to {high:.3g})",
+                         "fix or replace the image (a conversion error?), or clip it to that "
+                         "range")
 
 
 def qform_sform_mismatch_mm(img: nib.Nifti1Image) -> float:

@@ -47,11 +47,28 @@ def run(settings: Settings) -> None:
         InputDataError: when OUTPUT_DIR holds no participant results.
     """
     output_dir = Path(settings.run.output_dir)
-    results = collect_results(output_dir)
-    if not results:
+    found = collect_results(output_dir)
+    if not found:
         raise InputDataError(
             f"OUTPUT_DIR {output_dir} holds no participant results (no sub-*/anat/*_pcs.tsv, "
             "*_qc.json or crops); run the participant level into it first.")
+    # a set interrupted mid-way (a full disk, a killed run) is not a result
+    incomplete = {r.image.prefix: r.incomplete for r in found if not r.complete}
+    for prefix, problem in incomplete.items():
+        LOGGER.warning("%s: %s; left out of the group summary (rerun the participant level "
+                       "for it to complete it).", prefix, problem)
+    for result in found:
+        if result.complete and result.pcs_incomplete:
+            LOGGER.warning("%s: %s; listed without PCS results (rerun the participant level "
+                           "with --model to complete them).", result.image.prefix,
+                           result.pcs_incomplete)
+            incomplete[result.image.prefix] = result.pcs_incomplete
+    results = [r for r in found if r.complete]
+    if not results:
+        listed = "; ".join(f"{prefix}: {problem}" for prefix, problem in incomplete.items())
+        raise InputDataError(
+            f"OUTPUT_DIR {output_dir} holds no complete participant results ({listed}); "
+            "rerun the participant level to complete them.")
     raw_dir = find_raw_dataset(output_dir, settings.run.bids_dir or None)
     participants = read_participants(raw_dir)
     table = group_table(results, participants)
@@ -68,6 +85,7 @@ def run(settings: Settings) -> None:
         "Thresholds": {"present_min_mm": thresholds[0], "prominent_min_mm": thresholds[1]},
         "GroupedBy": by_columns,
         **summary,
+        "IncompleteImages": incomplete,
         "Columns": {c: COLUMN_DESCRIPTIONS.get(c, "from participants.tsv of the raw dataset")
                     for c in table.columns},
     })

@@ -38,11 +38,13 @@ from bids_pcs.io.derivatives import (
     crop_path,
     dseg_path,
     pcs_metadata_path,
+    pcs_set_members,
     pcs_table_path,
     probseg_path,
     registration_qc_path,
     sidecar_path,
 )
+from bids_pcs.io.manifest import set_problem
 
 # the endings that mark an image as processed; the prefix is what precedes them
 _PCS_TABLE_END = "_desc-pcs_pcs.tsv"
@@ -79,6 +81,16 @@ class ImageResults:
     hemispheres: dict[str, HemisphereResult] = field(default_factory=dict)
     pcs_metadata: dict[str, Any] = field(default_factory=dict)
     qc: RegistrationQC | None = None
+    incomplete: str | None = None
+    pcs_incomplete: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        """False when the image's preprocessing set was interrupted (see ``incomplete``).
+
+        An interrupted PCS set (``pcs_incomplete``) is read as no PCS results.
+        """
+        return self.incomplete is None
 
     @property
     def has_pcs(self) -> bool:
@@ -176,14 +188,40 @@ def load_results(output_dir: Path, image: T1wImage) -> ImageResults:
     """Read the PCS table, its metadata and the registration QC of one image."""
     output_dir = Path(output_dir)
     table = pcs_table_path(output_dir, image)
-    hemispheres = read_pcs_table(table) if table.is_file() else {}
-    metadata = _read_json(pcs_metadata_path(output_dir, image)) or {}
+    pcs_problem = pcs_set_problem(output_dir, image)
+    # an interrupted PCS set is no result: the image reads as not inferred yet
+    hemispheres = read_pcs_table(table) if table.is_file() and pcs_problem is None else {}
+    metadata = (_read_json(pcs_metadata_path(output_dir, image)) or {}
+                if pcs_problem is None else {})
     qc = read_registration_qc(registration_qc_path(output_dir, image))
     if qc is None and hemispheres:
         # an image without a QC file still has the QC columns of its PCS table
         qc = _qc_from_table(table)
     return ImageResults(image=image, output_dir=output_dir, hemispheres=hemispheres,
-                        pcs_metadata=metadata, qc=qc)
+                        pcs_metadata=metadata, qc=qc,
+                        incomplete=preprocessing_set_problem(output_dir, image),
+                        pcs_incomplete=pcs_problem)
+
+
+def preprocessing_set_problem(output_dir: Path, image: T1wImage) -> str | None:
+    """Why an image's preprocessing set is incomplete, or None (see io/manifest.py).
+
+    Sets written before manifests existed (a QC record without ``Files``)
+    count as complete when their record exists.
+    """
+    from bids_pcs.preprocess import output_paths
+
+    where = output_paths(output_dir, image)
+    problem = set_problem(where.qc_file, where.members(), require_files=False)
+    return None if problem is None else f"its preprocessing outputs are incomplete ({problem})"
+
+
+def pcs_set_problem(output_dir: Path, image: T1wImage) -> str | None:
+    """Why an image's PCS results (maps, table, their JSON record) are incomplete, or None."""
+    # the data files mark a set as begun; sidecars left after deleting maps do not
+    data = [p for p in pcs_set_members(output_dir, image) if p.suffix != ".json"]
+    problem = set_problem(pcs_metadata_path(output_dir, image), data, require_files=False)
+    return None if problem is None else f"its PCS results are incomplete ({problem})"
 
 
 def collect_results(output_dir: Path, subject: str | None = None) -> list[ImageResults]:

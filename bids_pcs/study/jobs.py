@@ -19,6 +19,7 @@ Usage::
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import signal
 import subprocess
@@ -44,10 +45,14 @@ class JobOutcome:
     Args:
         returncode: its exit status (0 done; negative: killed by that signal).
         seconds: wall time of the whole process, start-up included.
+        error: the job's one-sentence error, if it failed with one (or was killed).
+        run_wide: whether every later job would fail the same way (a full disk).
     """
 
     returncode: int
     seconds: float
+    error: str | None = None
+    run_wide: bool = False
 
     @property
     def ok(self) -> bool:
@@ -70,6 +75,8 @@ def run_job(job_file: Path) -> JobOutcome:
     """
     command = [sys.executable, "-m", "bids_pcs.study.worker", str(job_file)]
     LOGGER.debug("starting %s", " ".join(command))
+    failure = failure_path(job_file)
+    failure.unlink(missing_ok=True)  # an earlier attempt's reason is not this one's
     started = time.perf_counter()
     process = subprocess.Popen(command)
     with _forward_sigterm(process, Path(job_file).stem):
@@ -78,7 +85,36 @@ def run_job(job_file: Path) -> JobOutcome:
         except BaseException:  # Ctrl-C or SIGTERM: the job stops with the study
             _stop(process)
             raise
-    return JobOutcome(returncode=returncode, seconds=time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    if returncode < 0:
+        from bids_pcs.system_errors import killed_by_signal
+
+        error = killed_by_signal(returncode, f"Study job {Path(job_file).stem}")
+        return JobOutcome(returncode, seconds, error=str(error), run_wide=False)
+    reported = _read_failure(failure) if returncode else {}
+    return JobOutcome(returncode, seconds, error=reported.get("message"),
+                      run_wide=bool(reported.get("run_wide")))
+
+
+def failure_path(job_file: Path) -> Path:
+    """Where a failed job leaves its one-sentence error for the study (beside its job file)."""
+    return Path(job_file).with_suffix(".error.json")
+
+
+def write_failure(job_file: Path, error: BidsPcsError) -> None:
+    """Leave ``error`` for the study to show; best effort (the disk may be full)."""
+    text = json.dumps({"message": str(error), "type": type(error).__name__,
+                       "run_wide": bool(getattr(error, "run_wide", False))})
+    with contextlib.suppress(OSError):
+        failure_path(job_file).write_text(text)
+
+
+def _read_failure(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 class StudyInterruptedError(BidsPcsError):

@@ -45,6 +45,7 @@ from bids_pcs.study.records import (
     pretraining_record_path,
     read_done,
 )
+from bids_pcs.system_errors import SystemResourceError
 
 LOGGER = logging.getLogger("bids_pcs.levels.study")
 MODEL_PREFIX = "study-"
@@ -143,9 +144,13 @@ class JobRunner:
         outcome = run_job(job_file)
         record = read_done(record_path, key) if outcome.ok else None
         if record is None:
-            LOGGER.error("[%d/%d] %s failed (exit status %d after %.0f s); see its log in "
+            if outcome.run_wide:
+                # a full disk or a read-only folder: every later job would fail the same way
+                raise SystemResourceError(outcome.error)
+            reason = f": {outcome.error}" if outcome.error else ""
+            LOGGER.error("[%d/%d] %s failed (exit status %d after %.0f s)%s; see its log in "
                          "OUTPUT_DIR/logs/study-%s_*.log.", self.position, self.total, name,
-                         outcome.returncode, outcome.seconds, name)
+                         outcome.returncode, outcome.seconds, reason, name)
             self.failed.append(name)
             return None
         self.seconds[spec["kind"]].append(outcome.seconds)

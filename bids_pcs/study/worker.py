@@ -41,8 +41,10 @@ from bids_pcs.devices import set_threads
 from bids_pcs.errors import BidsPcsError
 from bids_pcs.splits import StudySplit
 from bids_pcs.study.crops import CropCache, read_labelled_crops
+from bids_pcs.study.jobs import write_failure
 from bids_pcs.study.pool import PoolCache, selected_crops
 from bids_pcs.study.records import write_record
+from bids_pcs.system_errors import run_folders, system_error
 from bids_pcs.training.memory import current_memory_mb, memory_kind, peak_memory_mb
 
 LOGGER = logging.getLogger("bids_pcs.study.worker")
@@ -54,24 +56,37 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m bids_pcs.study.worker JOB.json", file=sys.stderr)
         return 2
-    job = json.loads(Path(args[0]).read_text())
+    job_file = Path(args[0])
+    job = json.loads(job_file.read_text())
     settings = settings_from_dict(job["settings"])
-    _start_logging(settings, job["name"])
-    set_threads(settings.run.omp_nthreads)
     try:
+        _start_logging(settings, job["name"])
+        set_threads(settings.run.omp_nthreads)
         if job["kind"] == "pretrain":
             record = run_pretraining(job, settings)
         elif job["kind"] == "finetune":
             record = run_configuration(job, settings)
         else:
             raise ValueError(f"unknown study job kind {job['kind']!r}")
+        write_record(Path(job["record"]), record)
     except BidsPcsError as exc:
         LOGGER.error("%s failed: %s", job["name"], exc)
+        write_failure(job_file, exc)
         return exc.exit_code
+    except (OSError, MemoryError) as exc:
+        # a full disk, a read-only folder, memory or file handles: one sentence for the
+        # study to show (and to stop on, when every later job would meet it too)
+        error = system_error(exc, folders=run_folders(settings))
+        if error is None:
+            LOGGER.exception("%s failed with an internal error", job["name"])
+            return 1
+        LOGGER.debug("%s failed", job["name"], exc_info=True)
+        LOGGER.error("%s failed: %s", job["name"], error)
+        write_failure(job_file, error)
+        return error.exit_code
     except Exception:  # a bug: keep the traceback in the job's log
         LOGGER.exception("%s failed with an internal error", job["name"])
         return 1
-    write_record(Path(job["record"]), record)
     return 0
 
 

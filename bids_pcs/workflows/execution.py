@@ -84,17 +84,24 @@ def _init_worker(cwd: str, log_file: str | None) -> None:
 
 
 def quiet_multiproc(plugin_args: dict, log_file: Path | None):  # noqa: ANN201 - a plugin
-    """Nipype's MultiProc plugin whose workers log into ``log_file`` instead of stdout."""
-    from nipype.pipeline.plugins.multiproc import MultiProcPlugin
+    """Nipype's MultiProc plugin whose workers log into ``log_file`` instead of stdout.
 
-    class QuietMultiProc(MultiProcPlugin):
+    It is the :class:`~bids_pcs.workflows.multiproc.ResilientMultiProcPlugin`, so
+    a worker killed by a signal (the out-of-memory killer) fails its own image only.
+    """
+    from bids_pcs.workflows.multiproc import ResilientMultiProcPlugin
+
+    class QuietMultiProc(ResilientMultiProcPlugin):
         def __init__(self) -> None:
             super().__init__(plugin_args=plugin_args)
             # the pool starts its processes on the first task: none runs yet
             self.pool.shutdown(wait=False)
+            # a pool started again after a worker was killed gets the same set-up
+            self._initializer = _init_worker
+            self._initargs = (self._cwd, str(log_file) if log_file else None)
             self.pool = ProcessPoolExecutor(
-                max_workers=self.processors, initializer=_init_worker,
-                initargs=(self._cwd, str(log_file) if log_file else None),
+                max_workers=self.processors, initializer=self._initializer,
+                initargs=self._initargs,
                 mp_context=multiprocessing.get_context(plugin_args.get("mp_context")))
 
     return QuietMultiProc()
