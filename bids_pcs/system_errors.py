@@ -34,7 +34,7 @@ from bids_pcs.errors import BidsPcsError
 
 # what lowers the memory a run needs, named in every out-of-memory sentence
 MEMORY_FLAGS = ("--nprocs (images preprocessed at once) or --omp-nthreads (threads per "
-                "process)")
+                "process), or give --mem-gb the memory the job really has")
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 _TOO_MANY_FILES = (errno.EMFILE, errno.ENFILE)

@@ -305,8 +305,9 @@ def _process_in(folder: Path, exclude: int) -> int | None:
 def test_a_step_killed_like_the_oom_killer_does_names_image_step_and_flags(two_images,
                                                                            tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
+    # two images side by side (MultiProc workers): --mem-gb keeps the plan so on any machine
     run = start_cli(two_images, out, "participant", "--skip-bids-validation", "--nprocs", "2",
-                    "--omp-nthreads", "1", *FAST_REGISTRATION, "-w", work,
+                    "--mem-gb", "8", "--omp-nthreads", "1", *FAST_REGISTRATION, "-w", work,
                     env=run_env(tmp_path), log=tmp_path / "run.log")
     register = work / "bids_pcs_preproc_wf" / "sub_a_wf" / "register"
     try:
@@ -319,7 +320,7 @@ def test_a_step_killed_like_the_oom_killer_does_names_image_step_and_flags(two_i
     error = one_error_line((tmp_path / "run.log").read_text())
     assert "1 of 2 T1w images could not be preprocessed (sub-a was killed at register by " \
            "SIGKILL (signal 9, which the out-of-memory killer" in error, error
-    assert "lower --nprocs" in error and "--omp-nthreads" in error
+    assert "lower --nprocs" in error and "--omp-nthreads" in error and "--mem-gb" in error
     # the other image, whose running step the broken process pool also stopped, went on
     settings = _settings(out)
     done = {image.prefix: preprocessed_state(settings, image)[0]
@@ -424,5 +425,5 @@ def test_a_study_job_killed_by_a_signal_is_said_in_one_sentence(tmp_path):
     assert result.error == (
         "Study job reconstruction-top was killed by SIGKILL (signal 9, which the "
         "out-of-memory killer or a scheduler's memory limit sends); if memory ran out, lower "
-        "--nprocs (images preprocessed at once) or --omp-nthreads (threads per process) and "
-        "rerun: finished work is kept.")
+        "--nprocs (images preprocessed at once) or --omp-nthreads (threads per process), or "
+        "give --mem-gb the memory the job really has and rerun: finished work is kept.")
