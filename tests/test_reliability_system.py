@@ -357,8 +357,11 @@ def _few_files() -> None:
 
 
 @pytest.mark.bad_input("files:an open-file limit (ulimit -n) too low")
-def test_too_many_open_files_is_one_sentence_with_the_limit(raw, tmp_path):
-    done = subprocess.run(cli_command(raw, tmp_path / "out", "participant", *FAST,
+def test_too_many_open_files_is_one_sentence_with_the_limit(two_images, tmp_path):
+    # two images side by side: MultiProc's workers and their pipes need the descriptors
+    done = subprocess.run(cli_command(two_images, tmp_path / "out", "participant",
+                                      "--skip-bids-validation", "--nprocs", "2", "--mem-gb", "8",
+                                      "--omp-nthreads", "1", *FAST_REGISTRATION,
                                       "-w", tmp_path / "work"),
                           capture_output=True, text=True, timeout=300, check=False,
                           env=run_env(tmp_path), preexec_fn=_few_files)
