@@ -9,7 +9,7 @@ fMRIPrep and XCP-D). This plugin instead
 - records which task each worker runs (a small file per task, written by the
   worker before the node starts), so the task whose worker died is known;
 - fails that task with a :data:`KILLED_MARKER` line carrying the worker's exit
-  status (read back from the crash file by :mod:`bids_pcs.preprocess`, which
+  status (read back from the crash file by :mod:`bids_pcs.crashes`, which
   names the image, the step and the flags that lower memory);
 - starts a new pool and resubmits the tasks that were only collateral damage
   (their workers were terminated by the broken pool), so the other images go on.
@@ -23,6 +23,7 @@ run log)::
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -34,6 +35,7 @@ from typing import Any
 
 from nipype.pipeline.plugins.multiproc import MultiProcPlugin, process_initializer, run_node
 
+LOGGER = logging.getLogger("bids_pcs.preprocess")
 # the line of a crash file that says a node's worker process died: "... status -9"
 KILLED_MARKER = "WorkerKilledError: the worker process running this node ended with status"
 # a task whose worker cannot be told apart is retried this often, then failed
@@ -60,6 +62,10 @@ class ResilientMultiProcPlugin(MultiProcPlugin):
         self._jobs: dict[int, tuple[Any, bool]] = {}
         self._retries: dict[int, int] = {}
         self._resubmit: set[int] = set()
+        self._broken: set[int] = set()
+        # per task, the worker processes of the pool it went to (pid -> Process): a pool
+        # replaced after breaking forgets its own (shutdown() drops them)
+        self._workers_of: dict[int, dict[int, Any]] = {}
         self._mp_context = (plugin_args or {}).get("mp_context")
         self._initializer = process_initializer
         self._initargs: tuple[Any, ...] = (self._cwd,)
@@ -78,6 +84,7 @@ class ResilientMultiProcPlugin(MultiProcPlugin):
         node, updatehash = self._jobs[taskid]
         future = self.pool.submit(run_node_recording_pid, node, updatehash, taskid,
                                   str(self._pid_dir))
+        self._workers_of[taskid] = self.pool._processes  # the dict, filled as workers start
         self._task_obj[taskid] = future
         future.add_done_callback(lambda done, taskid=taskid: self._on_done(taskid, done))
 
@@ -95,32 +102,46 @@ class ResilientMultiProcPlugin(MultiProcPlugin):
         try:
             result = future.result()
         except BrokenProcessPool:
-            status = self._worker_status(taskid)
-            self._retries[taskid] = self._retries.get(taskid, 0) + 1
-            killed = status is not None and status not in (0, -signal.SIGTERM)
-            if killed or self._retries[taskid] > _MAX_RETRIES:
-                self._taskresult[taskid] = {
-                    "result": None, "taskid": taskid,
-                    "traceback": [f"bids_pcs.workflows.multiproc.{KILLED_MARKER} "
-                                  f"{status if status is not None else 'unknown'}\n"]}
-            else:  # terminated by the broken pool, or never started: run it again
-                self._resubmit.add(taskid)
+            # told apart in the main thread, once the broken pool has stopped its workers
+            self._broken.add(taskid)
             return
         except BaseException as exc:  # noqa: BLE001 - anything else becomes the node's crash
             result = {"result": None, "taskid": taskid,
                       "traceback": [f"{type(exc).__name__}: {exc}\n"]}
         self._taskresult[taskid] = result
 
+    def _classify_broken(self, taskid: int) -> None:
+        """Fail ``taskid`` if its own worker was killed; else resubmit it."""
+        self._broken.discard(taskid)
+        status = self._worker_status(taskid)
+        self._retries[taskid] = self._retries.get(taskid, 0) + 1
+        killed = status is not None and status not in (0, -signal.SIGTERM)
+        LOGGER.debug("task %d (%s): the process pool broke; its worker's status %s",
+                     taskid, self._jobs[taskid][0].fullname, status)
+        if killed or self._retries[taskid] > _MAX_RETRIES:
+            self._taskresult[taskid] = {
+                "result": None, "taskid": taskid,
+                "traceback": [f"bids_pcs.workflows.multiproc.{KILLED_MARKER} "
+                              f"{status if status is not None else 'unknown'}\n"]}
+        else:  # terminated by the broken pool, or never started: run it again
+            self._resubmit.add(taskid)
+
     def _worker_status(self, taskid: int) -> int | None:
-        """Exit status of the worker that ran ``taskid`` (None: alive, or never started)."""
+        """Exit status of the worker that ran ``taskid`` (None: it never started)."""
         try:
             pid = int((self._pid_dir / f"{taskid}.pid").read_text())
         except (OSError, ValueError):
             return None
-        process = (getattr(self.pool, "_processes", None) or {}).get(pid)
-        return None if process is None else process.exitcode
+        process = (self._workers_of.get(taskid) or {}).get(pid)
+        if process is None:
+            return None
+        # the broken pool terminates its other workers: wait until this one has ended
+        process.join(timeout=30)
+        return process.exitcode
 
     def _get_result(self, taskid: int):
+        if taskid in self._broken:
+            self._classify_broken(taskid)
         if taskid in self._resubmit:
             self._resubmit.discard(taskid)
             self._submit(taskid)
@@ -130,6 +151,7 @@ class ResilientMultiProcPlugin(MultiProcPlugin):
     def _clear_task(self, taskid: int) -> None:
         super()._clear_task(taskid)
         self._jobs.pop(taskid, None)
+        self._workers_of.pop(taskid, None)
         (self._pid_dir / f"{taskid}.pid").unlink(missing_ok=True)
 
     def _postrun_check(self) -> None:
