@@ -181,6 +181,38 @@ def test_group_from_preprocessing_outputs_alone(grouped, tmp_path):
     assert "href=\"sub-" not in page  # no subject report exists here
 
 
+@pytest.mark.bad_input("disk:interrupted sets met by the group level")
+def test_an_interrupted_set_is_not_taken_for_a_result(grouped, tmp_path, caplog):
+    """Issue 19: an image whose set a full disk or a kill cut short is not done."""
+    raw, out = grouped
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("*.html", "group_pcs.*"))
+    anat = copy / "sub-01" / "anat"
+    # inference stopped after the left map: the record (written last) and the right map gone
+    (anat / "sub-01_desc-pcs_pcs.json").unlink()
+    (anat / "sub-01_space-T1w_label-PCSR_probseg.nii.gz").unlink()
+    # preprocessing stopped before its QC record: the crops are there, the record is not
+    (qc_file,) = (copy / "sub-04" / "anat").glob("*_desc-registration_qc.json")
+    qc_file.unlink()
+    with caplog.at_level("WARNING", logger="bids_pcs"):
+        group.run(_settings(copy, raw))
+    table = pd.read_csv(copy / "group_pcs.tsv", sep="\t", dtype=str, keep_default_na=False)
+    rows = table.set_index("image")
+    assert "sub-04" not in rows.index and len(rows) == len(IMAGES) - 1
+    assert rows.at["sub-01", "pcs_class_left"] == rows.at["sub-01", "pcs_class_right"] == "n/a"
+    summary = json.loads((copy / "group_pcs.json").read_text())
+    assert summary["IncompleteImages"] == {
+        "sub-04": f"its preprocessing outputs are incomplete ({qc_file.name}, written last, "
+                  "is missing)",
+        "sub-01": "its PCS results are incomplete (sub-01_desc-pcs_pcs.json, written last, "
+                  "is missing)"}
+    assert summary["n_images_with_pcs"] == sum(s.lengths_mm is not None for s in IMAGES) - 2
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "sub-04: its preprocessing outputs are incomplete" in warned
+    assert "left out of the group summary" in warned
+    assert "sub-01: its PCS results are incomplete" in warned
+
+
 def test_counts_are_worded_in_the_singular_and_plural():
     from bids_pcs.reports import html as h
 

@@ -170,6 +170,34 @@ def test_a_derivative_set_is_complete_only_as_its_manifest_lists_it(tmp_path):
     assert preprocessed_state(settings, image) == (None, None)  # nothing there: not begun
 
 
+@pytest.mark.bad_input("disk:an interrupted set met by the training levels")
+def test_the_training_levels_take_an_incomplete_set_for_not_done(raw, reference, tmp_path,
+                                                                 caplog):
+    """``pretrain``, ``finetune`` and ``study`` take their crops from preprocessed_passing_qc."""
+    from bids_pcs.levels.training_inputs import preprocessed_passing_qc
+    from bids_pcs.training.distributed import DistContext
+
+    ref_out, _ = reference
+    work = _work_copy(reference, tmp_path)
+    out = tmp_path / "out"
+    shutil.copytree(ref_out, out, symlinks=True)
+    (image,) = collect_t1w(raw)
+    where = output_paths(out, image)
+    # the state a run stopped mid-set leaves: its record removed first, the right crop not
+    # written yet
+    where.qc_file.unlink()
+    where.crops["R"].unlink()
+    settings = _settings(out).replace(run={"bids_dir": str(raw), "work_dir": str(work),
+                                           "nprocs": 1, "omp_nthreads": 1})
+    with caplog.at_level("INFO", logger="bids_pcs"):
+        (result,), qc_failed = preprocessed_passing_qc(settings, [image], DistContext())
+    assert (f"sub-a: its preprocessing outputs are incomplete ({where.qc_file.name}, written "
+            "last, is missing); preprocessing it again.") in caplog.messages
+    assert qc_failed == [] and result is not None and result.crops["R"].is_file()
+    assert {p.name: p.read_bytes() for p in _anat(out).iterdir()} == {
+        p.name: p.read_bytes() for p in _anat(ref_out).iterdir()}
+
+
 # --------------------------------------------- a full work dir, in a node
 @needs_mount
 @pytest.mark.bad_input("disk:work dir full while a Nipype node runs")
@@ -395,6 +423,24 @@ def test_no_space_for_a_model_is_one_sentence_naming_its_folder(crops_done, tmp_
                "(OUTPUT_DIR, " in error, error
         assert not (models / "pretrain-reconstruction" / "model.json").exists()
         assert not [p for p in models.rglob(".*") if ".tmp" in p.name]
+
+
+@needs_mount
+@pytest.mark.bad_input("disk:no space for the group report")
+def test_no_space_for_the_group_report_is_one_sentence_naming_its_folder(tmp_path):
+    from pcs_outputs import build_outputs, build_raw
+
+    raw = build_raw(tmp_path / "raw")
+    with small_disk(tmp_path / "out", "32m") as out:
+        build_outputs(out, raw)
+        fill_disk(out)
+        done = cli(raw, out, "group", env=run_env(tmp_path))
+        assert done.returncode == 1, done.stderr[-3000:]
+        error = one_error_line(done.stderr)
+        assert error.startswith(f"bids_pcs: error: No space left on the device of {out}"), error
+        assert "(OUTPUT_DIR, 0 B free of 32.0 MiB)" in error, error
+        assert "choose another OUTPUT_DIR" in error
+        assert not list(out.glob("group_pcs.*")) and not [p for p in out.rglob(".*tmp*")]
 
 
 @pytest.mark.bad_input("memory:a study job killed by SIGKILL")

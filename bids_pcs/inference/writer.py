@@ -157,8 +157,8 @@ def _start_set(output_dir: Path, image: T1wImage) -> None:
     """Remove the set's record first: until it is written again, the set is not done."""
     record = pcs_metadata_path(output_dir, image)
     if not record.is_file() and set_exists(record, pcs_set_members(output_dir, image)):
-        LOGGER.info("%s: the PCS outputs of an earlier run are incomplete (%s is missing); "
-                    "writing them again.", image.prefix, record.name)
+        LOGGER.warning("%s: its PCS results are incomplete (%s, written last, is missing); "
+                       "writing them again.", image.prefix, record.name)
     record.unlink(missing_ok=True)
 
 
