@@ -237,6 +237,40 @@ def test_a_clearly_too_small_output_dir_is_refused_before_any_registration(raw, 
     assert seconds < 60
 
 
+@needs_mount
+@pytest.mark.bad_input("disk:OUTPUT_DIR a little small before any work (a warning)",
+                       "disk:work dir too small before any work",
+                       "disk:OUTPUT_DIR and work dir on one small disk")
+def test_free_space_is_weighed_against_the_estimate_per_folder_and_device(raw, tmp_path,
+                                                                          caplog):
+    from bids_pcs.preflight import check_before_work, disk_estimate
+    from bids_pcs.system_errors import DiskFullError, human_size
+
+    (image,) = collect_t1w(raw)
+    need = disk_estimate(_settings(tmp_path), 128 * 128 * 62, with_model=False)
+    with small_disk(tmp_path / "out", "16m") as out, small_disk(tmp_path / "work", "16m") as work:
+        settings = _settings(out).replace(run={"work_dir": str(work)})
+        fill_disk(out, leave_bytes=need.output_bytes * 3 // 4)  # short, not clearly: warned
+        fill_disk(work, leave_bytes=need.work_bytes // 4)  # clearly too small: refused
+        with caplog.at_level("WARNING", logger="bids_pcs"), pytest.raises(DiskFullError) as no:
+            check_before_work(settings, [image])
+        assert str(no.value).startswith(f"The work directory {work} has ")
+        assert (f"free, but this run writes about {human_size(need.work_bytes)} for 1 image(s); "
+                "free space there or choose another --work-dir") in str(no.value)
+        assert any(m.startswith(f"OUTPUT_DIR {out} has ") and "this run may write about "
+                   f"{human_size(need.output_bytes)} for 1 image(s)" in m
+                   for m in caplog.messages), caplog.messages
+    # both on one small disk: counted together
+    with small_disk(tmp_path / "both", "8m") as both:
+        fill_disk(both, leave_bytes=need.work_bytes // 2)
+        settings = _settings(both / "out").replace(run={"work_dir": str(both / "work")})
+        with pytest.raises(DiskFullError, match=f"OUTPUT_DIR {both / 'out'} and the work "
+                           f"directory {both / 'work'} have .* free, but this run writes "
+                           f"about {human_size(need.output_bytes + need.work_bytes)} for 1 "
+                           r"image\(s\) together"):
+            check_before_work(settings, [image])
+
+
 @pytest.mark.bad_input("readonly:work dir on a read-only mount")
 def test_a_read_only_work_dir_is_refused_before_any_registration(raw, tmp_path):
     if not can_unshare("-m"):
