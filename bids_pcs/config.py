@@ -223,6 +223,7 @@ class InferenceSettings:
 
     flip_tta: bool = False
     threshold: float = 0.5
+    mixed_precision: bool = False  # bf16 autocast on CUDA; ignored on CPU
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """One process of the two-process DDP tests (run by torchrun from test_engine_ddp.py).
 
-``python ddp_worker.py OUT MODE``:
+``python ddp_worker.py OUT MODE [DEVICE]`` (DEVICE ``cpu``, gloo, by default;
+``cuda``: NCCL, one GPU per process, in ``tests/test_cuda.py``):
 
 - ``identical``: each process starts from *different* weights on purpose; DDP
   must broadcast the first process's weights and keep every process identical.
@@ -45,9 +46,9 @@ def train_equivalent(context=None, device=None, accumulate_steps: int = 1):
     return network, result
 
 
-def main(out: Path, mode: str) -> None:
+def main(out: Path, mode: str, device_spec: str = "cpu") -> None:
     torch.set_num_threads(1)
-    with distributed_run("cpu") as (context, device):
+    with distributed_run(device_spec) as (context, device):
         if mode == "equivalent":
             network, result = train_equivalent(context, device)
             state = dict(network.state_dict())
@@ -80,4 +81,5 @@ def main(out: Path, mode: str) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "identical")
+    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "identical",
+         sys.argv[3] if len(sys.argv) > 3 else "cpu")

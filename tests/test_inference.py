@@ -240,3 +240,31 @@ def test_dseg_from_probabilities_thresholds_and_resolves_overlaps():
     dseg = dseg_from_probabilities({"L": left, "R": right}, 0.5)
     assert dseg.tolist() == [1, 2, 0, 1, 0]
     assert dseg.dtype == np.uint8
+
+
+def test_flip_tta_runs_the_flipped_crops_in_the_same_batch_and_equals_two_passes():
+    import torch
+
+    from bids_pcs.inference.predict import predict_hemispheres
+
+    settings = load_settings("tiny-cpu")
+    torch.manual_seed(0)
+    network = build_network(settings.model, settings.crop.shape_vox).eval()
+    rng = np.random.default_rng(1)
+    crops = {h: rng.random(settings.crop.shape_vox, dtype=np.float32) for h in "LR"}
+    batches = []
+    hook = network.register_forward_hook(lambda _m, args, _o: batches.append(args[0].shape[0]))
+    plain = predict_hemispheres(network, crops, flip_tta=False)
+    tta = predict_hemispheres(network, crops, flip_tta=True)
+    flipped = predict_hemispheres(network, {h: c[::-1].copy() for h, c in crops.items()})
+    hook.remove()
+    assert batches == [2, 4, 2]  # TTA: one forward pass of the crops and their flips
+    for h in "LR":
+        assert tta[h].pcs_probability.dtype == np.float32
+        assert tta[h].class_probabilities.dtype == np.float32
+        expected = (plain[h].pcs_probability + flipped[h].pcs_probability[::-1]) / 2
+        assert np.allclose(tta[h].pcs_probability, expected, atol=1e-5)
+        assert np.allclose(tta[h].class_probabilities,
+                           (plain[h].class_probabilities + flipped[h].class_probabilities) / 2,
+                           atol=1e-6)
+        assert not np.allclose(plain[h].pcs_probability, tta[h].pcs_probability, atol=1e-4)

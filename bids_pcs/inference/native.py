@@ -51,7 +51,8 @@ class NativeMaps:
 
 
 def crop_to_native(array: np.ndarray, hemisphere: str, preprocessed: PreprocessedImage,
-                   kind: str = "label") -> nib.Nifti1Image:
+                   kind: str = "label", native: nib.Nifti1Image | None = None,
+                   ) -> nib.Nifti1Image:
     """Map a crop-space ``array`` of ``hemisphere`` back onto the image's native T1w grid.
 
     Args:
@@ -61,6 +62,8 @@ def crop_to_native(array: np.ndarray, hemisphere: str, preprocessed: Preprocesse
         preprocessed: the image's preprocessing outputs.
         kind: ``"label"`` (nearest neighbour, uint8) or ``"probability"``
             (linear, float32 clipped to [0, 1]).
+        native: the T1w image, when the caller has it open already (only its
+            header is read).
     """
     from bids_pcs.spatial.crops import resample_to_native
 
@@ -71,9 +74,8 @@ def crop_to_native(array: np.ndarray, hemisphere: str, preprocessed: Preprocesse
         raise ValueError(f"array shape {tuple(array.shape)} differs from the crop's "
                          f"{tuple(crop_file.shape)}")
     crop_img = nib.Nifti1Image(np.asarray(array, dtype=np.float32), crop_file.affine)
-    native = nib.load(str(preprocessed.image.path))
-    reference = nib.Nifti1Image(np.zeros(native.shape[:3], dtype=np.uint8), native.affine)
-    return resample_to_native(crop_img, reference, [preprocessed.inverse_transform], kind=kind)
+    native = native if native is not None else nib.load(str(preprocessed.image.path))
+    return resample_to_native(crop_img, native, [preprocessed.inverse_transform], kind=kind)
 
 
 def dseg_from_probabilities(probabilities: Mapping[str, np.ndarray], threshold: float,
@@ -102,8 +104,9 @@ def to_native(predictions: Mapping[str, HemispherePrediction], preprocessed: Pre
               *, threshold: float, labels: LabelSettings | None = None) -> NativeMaps:
     """Map both hemispheres' P(PCS) to the native grid, threshold, and measure the masks."""
     labels = labels or LabelSettings()
+    native = nib.load(str(preprocessed.image.path))  # the header, once per image
     images = {h: crop_to_native(predictions[h].pcs_probability, h, preprocessed,
-                                kind="probability") for h in HEMISPHERES}
+                                kind="probability", native=native) for h in HEMISPHERES}
     affine = images["L"].affine
     dseg = dseg_from_probabilities({h: np.asarray(images[h].dataobj) for h in HEMISPHERES},
                                    threshold, labels)

@@ -125,7 +125,8 @@ def infer_image(settings: Settings, item: PreprocessedImage, network: torch.nn.M
     start = time.perf_counter() if start is None else start
     crops = {h: load_crop(item.crops[h]) for h in HEMISPHERES}
     predictions = predict_hemispheres(network, crops, device=device,
-                                      flip_tta=settings.inference.flip_tta)
+                                      flip_tta=settings.inference.flip_tta,
+                                      mixed_precision=settings.inference.mixed_precision)
     native = to_native(predictions, item, threshold=settings.inference.threshold,
                        labels=settings.labels)
     files = write_image_results(output_dir, item, native, predictions, context)

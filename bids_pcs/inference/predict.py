@@ -49,7 +49,7 @@ class HemispherePrediction:
     Args:
         pcs_probability: P(PCS) per voxel, float32, laid out like the stored crop
             (the right one mirrored).
-        class_probabilities: (3,) float64 probabilities of absent, present, prominent.
+        class_probabilities: (3,) float32 probabilities of absent, present, prominent.
     """
 
     pcs_probability: np.ndarray
@@ -62,8 +62,8 @@ class HemispherePrediction:
 
 def predict_hemispheres(network: nn.Module, crops: Mapping[str, np.ndarray], *,
                         device: torch.device | None = None, flip_tta: bool = False,
-                        ) -> dict[str, HemispherePrediction]:
-    """Run ``network`` on both crops of one image as a batch of two.
+                        mixed_precision: bool = False) -> dict[str, HemispherePrediction]:
+    """Run ``network`` on both crops of one image as one batch (four crops with flip TTA).
 
     Args:
         network: a fine-tuned :class:`~bids_pcs.models.network.PcsNetwork` (put in
@@ -71,7 +71,10 @@ def predict_hemispheres(network: nn.Module, crops: Mapping[str, np.ndarray], *,
         crops: ``{"L": array, "R": array}``, each of the recipe's crop shape, as
             :func:`bids_pcs.io.nifti.load_crop` returns them.
         device: where to run (default: the network's device).
-        flip_tta: also predict the x-flipped crops and average (see module doc).
+        flip_tta: also predict the x-flipped crops and average (see module doc);
+            they go through the network in the same batch as the crops.
+        mixed_precision: bf16 autocast on CUDA (ignored elsewhere); the
+            probabilities are computed in float32 either way.
 
     Returns:
         ``{"L": HemispherePrediction, "R": HemispherePrediction}``.
@@ -80,22 +83,27 @@ def predict_hemispheres(network: nn.Module, crops: Mapping[str, np.ndarray], *,
     network.eval()
     batch = torch.stack([torch.as_tensor(np.asarray(crops[h], dtype=np.float32))
                          for h in HEMISPHERES])[:, None].to(device)
-    with torch.inference_mode():
+    dim = 2 + FLIP_AXIS
+    n = batch.shape[0]
+    if flip_tta:
+        # one forward pass of 2n crops costs less than two of n (fewer, larger kernels)
+        batch = torch.cat([batch, batch.flip(dim)])
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                              enabled=mixed_precision and device.type == "cuda")
+    with torch.inference_mode(), autocast:
         voxel, classes = _probabilities(network, batch)
-        if flip_tta:
-            dim = 2 + FLIP_AXIS
-            flipped_voxel, flipped_classes = _probabilities(network, batch.flip(dim))
-            voxel = (voxel + flipped_voxel.flip(dim - 1)) / 2
-            classes = (classes + flipped_classes) / 2
-    voxel_np = voxel.float().cpu().numpy()
-    classes_np = classes.double().cpu().numpy()
+    if flip_tta:
+        voxel = (voxel[:n] + voxel[n:].flip(dim - 1)) / 2
+        classes = (classes[:n] + classes[n:]) / 2
+    voxel_np = voxel.cpu().numpy()
+    classes_np = classes.cpu().numpy()
     return {h: HemispherePrediction(pcs_probability=voxel_np[i],
                                     class_probabilities=classes_np[i])
             for i, h in enumerate(HEMISPHERES)}
 
 
 def _probabilities(network: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, X, Y, Z) voxel P(PCS) and (B, K) class probabilities of one forward pass."""
+    """(B, X, Y, Z) voxel P(PCS) and (B, K) class probabilities (float32) of one forward pass."""
     out = network(batch)
     voxel = torch.softmax(out["segmentation"].float(), dim=1)[:, 1]
     classes = torch.softmax(out["classification"].float(), dim=1)

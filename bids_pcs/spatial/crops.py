@@ -110,10 +110,16 @@ def resample_to_native(
     interpolation.  Voxels of the native grid outside the crop get 0.
     """
     ants = import_ants()
-    reference = to_ants(native_reference)
+    # only the grid of the reference matters: an empty uint8 array of its shape
+    # (the native T1w's values are never read)
+    grid = nib.Nifti1Image(np.zeros(native_reference.shape[:3], dtype=np.uint8),
+                           native_reference.affine)
+    reference = to_ants(grid)
     moving = to_ants(crop_image)
+    # single precision: the maps are float32, double would only double the cost
     out = ants.apply_transforms(reference, moving, [str(t) for t in inverse_transforms],
-                                interpolator=_interpolator(kind), defaultvalue=0)
+                                interpolator=_interpolator(kind), defaultvalue=0,
+                                singleprecision=True)
     data = np.asarray(to_nibabel(out).dataobj, dtype=np.float32)
     if kind == "label":
         data = np.rint(data).astype(np.uint8)
