@@ -43,10 +43,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="initialisation of every run (a pre-training method or scratch)")
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
     parser.add_argument("--rates", nargs="+", type=float, default=[])
-    parser.add_argument("study_args", nargs=argparse.REMAINDER,
-                        help="after --: further options of the study level")
-    args = parser.parse_args(argv)
-    extra = [a for a in args.study_args if a != "--"]
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # everything after "--" goes to the study level (argparse.REMAINDER would also swallow
+    # this script's own options written after the positionals)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     results = args.output_dir / "lr_sweep.tsv"
     for rate in args.rates:
         table = "{" + ", ".join(f"{s} = {rate:g}" for s in args.strategies) + "}"
