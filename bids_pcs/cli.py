@@ -169,6 +169,10 @@ def _validate_device(_ctx: click.Context, _param: click.Parameter, value: str) -
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Random seed of splits and training (registration has its own, "
                    "--set registration.random_seed=N, so crops are reused across seeds).")
+@click.option("--skull-stripped", type=click.Choice(("auto", "yes", "no")), default=None,
+              help="Are the T1w images skull-stripped? auto (the recipe's default) measures "
+                   "each image; yes/no says so for the whole dataset. A skull-stripped image "
+                   "is registered as it is, a whole-head one through a rough brain mask.")
 @click.option("--skip-bids-validation", "--skip_bids_validation", "skip_bids_validation",
               is_flag=True, help="Do not run bids-validator-deno on BIDS_DIR.")
 @click.option("--recipe", default="default", show_default=True, metavar="NAME|FILE.toml",
@@ -366,6 +370,8 @@ def build_settings(options: dict[str, Any]):
         "model_name": options["model_name"] or "",
     }
     overrides.setdefault("run", {}).update(run)
+    if options.get("skull_stripped"):
+        overrides.setdefault("registration", {})["skull_stripped"] = options["skull_stripped"]
     if options["method"]:
         overrides.setdefault("pretrain", {})["method"] = options["method"]
     if options["strategy"]:

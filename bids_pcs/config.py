@@ -104,6 +104,15 @@ class RegistrationSettings:
     # seed of the metric's point sampling; not --seed, so that a sweep over training
     # seeds reuses one registration (its crops would otherwise differ per seed)
     random_seed: int = 0
+    # is the input skull-stripped? "auto" measures each image, "yes"/"no" says it for
+    # the dataset (--skull-stripped); a skull-stripped image is registered as it is,
+    # a whole-head one through a rough brain mask (bids_pcs.spatial.skullstrip)
+    skull_stripped: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.skull_stripped not in ("auto", "yes", "no"):
+            raise RecipeError(f"[registration] skull_stripped must be auto, yes or no, not "
+                              f"{self.skull_stripped!r}.")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from scipy.spatial.transform import Rotation
 
 MRICRON = Path("/usr/share/mricron/templates")
 COLIN27 = MRICRON / "ch2.nii.gz"
+COLIN27_BRAIN = MRICRON / "ch2bet.nii.gz"  # mricron's brain extraction of Colin27
 HARVARD_OXFORD = MRICRON / "HarvardOxford-cort-maxprob-thr0-1mm.nii.gz"
 PARACINGULATE_LABEL = 28
 

@@ -247,6 +247,8 @@ def test_usage_errors_exit_2(bids_examples, tmp_path, args, message):
         (["--set", "nosuchsection.key=1"], "Unknown setting(s) nosuchsection in [settings]"),
         (["--recipe", "no-such-recipe"], "Recipe 'no-such-recipe' not found"),
         (["--session-label", "a/b"], "not a valid BIDS label"),
+        (["--skull-stripped", "maybe"], "Invalid value for '--skull-stripped'"),
+        (["--set", "registration.skull_stripped=maybe"], "must be auto, yes or no"),
     ],
 )
 def test_bad_settings_and_values_are_usage_errors_exit_2(bids_examples, tmp_path, args,
@@ -323,6 +325,14 @@ def test_seed_seeds_splits_and_training_and_registration_keeps_its_own(tmp_path)
     assert settings.run.seed == 5 and settings.registration.random_seed == 0
     options["overrides"] = ("registration.random_seed=3",)
     assert build_settings(options).registration.random_seed == 3
+
+
+def test_skull_stripped_option_sets_the_registration_path(tmp_path):
+    from bids_pcs.cli import build_settings
+
+    assert build_settings(_options(tmp_path)).registration.skull_stripped == "auto"
+    options = _options(tmp_path, skull_stripped="yes")
+    assert build_settings(options).registration.skull_stripped == "yes"
 
 
 def test_a_missing_model_folder_fails_first_and_without_the_scientific_stack(tmp_path):

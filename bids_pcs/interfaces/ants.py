@@ -61,6 +61,8 @@ class _RegisterInputSpec(BaseInterfaceInputSpec):
                                    desc="refine the affine on the crop boxes only")
     deformable = traits.Bool(False, usedefault=True, desc="add a SyN stage")
     random_seed = traits.Int(0, usedefault=True, desc="seed of the metric's point sampling")
+    skull_stripped = traits.Bool(False, usedefault=True,
+                                 desc="the image is a brain: register it without the rough mask")
 
 
 class _RegisterOutputSpec(TraitedSpec):
@@ -85,7 +87,8 @@ class RegisterToTemplate(SimpleInterface):
             deformable=self.inputs.deformable, random_seed=self.inputs.random_seed,
         )
         result = register_to_template(nib.load(self.inputs.in_file), settings,
-                                      crop_from_inputs(self.inputs), runtime.cwd)
+                                      crop_from_inputs(self.inputs), runtime.cwd,
+                                      skull_stripped=self.inputs.skull_stripped)
         self._results["forward_transform"] = str(result.forward_transform)
         self._results["inverse_transform"] = str(result.inverse_transform)
         self._results["initial_rotation_deg"] = list(result.initial_rotation_deg)

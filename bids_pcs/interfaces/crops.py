@@ -14,6 +14,7 @@ from nipype.interfaces.base import (
     OutputMultiObject,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
     traits,
 )
 
@@ -64,6 +65,9 @@ class _QCInputSpec(BaseInterfaceInputSpec):
                                 desc="crops, left then right")
     min_correlation = traits.Float(mandatory=True, desc="pass/fail threshold")
     initial_rotation_deg = traits.List(traits.Float, desc="start rotation (recorded)")
+    skull_stripped = traits.Bool(desc="registered as a brain, without the rough mask (recorded)")
+    skull_stripped_by = traits.Enum("detected", "setting", desc="how that was decided")
+    tissue_outside_brain = traits.Float(desc="the measure of the detection (recorded)")
 
 
 class _QCOutputSpec(TraitedSpec):
@@ -79,13 +83,17 @@ class RegistrationQC(SimpleInterface):
     output_spec = _QCOutputSpec
 
     def _run_interface(self, runtime):
-        from bids_pcs.spatial.qc import registration_qc
+        from bids_pcs.spatial.qc import registration_qc, skull_strip_record
 
         crop = crop_from_inputs(self.inputs)
         crops = {h: nib.load(f) for h, f in zip(HEMISPHERES, self.inputs.in_files, strict=True)}
         record = registration_qc(crops, crop, self.inputs.min_correlation)
         if self.inputs.initial_rotation_deg:
             record["InitialRotationDeg"] = list(self.inputs.initial_rotation_deg)
+        if isdefined(self.inputs.skull_stripped):
+            record.update(skull_strip_record(self.inputs.skull_stripped,
+                                             self.inputs.skull_stripped_by,
+                                             self.inputs.tissue_outside_brain))
         out_file = os.path.join(runtime.cwd, "registration_qc.json")
         with open(out_file, "w") as stream:
             json.dump(record, stream, indent=2, sort_keys=True)

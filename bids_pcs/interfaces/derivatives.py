@@ -89,8 +89,9 @@ class PreprocDerivativesSink(SimpleInterface):
             written.append(write_sidecar(
                 crop, [inputs.source_uri, uri(inputs.out_forward_transform)],
                 Hemisphere=hemisphere,
-                # required by BIDS for preprocessed T1w; crops come from the unmasked image
-                SkullStripped=False,
+                # required by BIDS for preprocessed T1w; crops come from the input image
+                # as it is: skull-stripped only when it was
+                SkullStripped=bool(qc.get("SkullStripped", False)),
                 **inputs.crop_metadata,
                 Mirrored=bool(hemisphere == "R" and inputs.crop_metadata.get("MirrorRight")),
                 RegistrationQC={"Correlation": qc["Correlation"][hemisphere],

@@ -1,4 +1,4 @@
-"""Loading a T1w image into the form every later step expects."""
+"""Loading a T1w image into the form every later step expects, and what kind it is."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from nipype.interfaces.base import (
     File,
     SimpleInterface,
     TraitedSpec,
+    traits,
 )
 
 from bids_pcs.io.nifti import load_t1w
@@ -43,4 +44,32 @@ class LoadT1w(SimpleInterface):
         out_file = os.path.join(runtime.cwd, "t1w_ras.nii")
         nib.save(out, out_file)
         self._results["out_file"] = out_file
+        return runtime
+
+
+class _CheckSkullStrippedInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="T1w image (as loaded, before N4)")
+    mode = traits.Enum("auto", "yes", "no", usedefault=True,
+                       desc="auto: measure the image; yes/no: the dataset says")
+
+
+class _CheckSkullStrippedOutputSpec(TraitedSpec):
+    skull_stripped = traits.Bool(desc="register the image as a brain (no rough mask)")
+    decided_by = traits.Enum("detected", "setting", desc="how skull_stripped was chosen")
+    tissue_outside_brain = traits.Float(desc="tissue outside the brain over brain volume")
+
+
+class CheckSkullStripped(SimpleInterface):
+    """Whether a T1w image is skull-stripped (see :mod:`bids_pcs.spatial.skullstrip`)."""
+
+    input_spec = _CheckSkullStrippedInputSpec
+    output_spec = _CheckSkullStrippedOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_pcs.spatial.skullstrip import check_skull_stripped
+
+        check = check_skull_stripped(nib.load(self.inputs.in_file), self.inputs.mode)
+        self._results["skull_stripped"] = check.skull_stripped
+        self._results["decided_by"] = check.decided_by
+        self._results["tissue_outside_brain"] = check.tissue_outside_brain
         return runtime

@@ -32,6 +32,9 @@ MUST_MATCH: dict[str, tuple[str, ...] | None] = {
     "labels": ("classes",),
 }
 _DERIVED = {"crop": ("shape_vox",)}  # recorded for readers, not settings
+# recorded, but a property of the training data, not of the model: whether the
+# images of a new dataset are skull-stripped is that dataset's own setting
+_OF_THE_DATA = {"registration": ("skull_stripped",)}
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,8 @@ def model_overrides(card: dict[str, Any]) -> dict[str, Any]:
                   else card.get(section))
         if isinstance(values, dict):
             out[section] = {k: v for k, v in values.items()
-                            if k not in _DERIVED.get(section, ())}
+                            if k not in (*_DERIVED.get(section, ()),
+                                         *_OF_THE_DATA.get(section, ()))}
     return out
 
 

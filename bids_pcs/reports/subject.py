@@ -133,6 +133,21 @@ def _image_section(result: ImageResults, raw_dir: Path | None, dseg_labels: dict
     return h.section(image.prefix, image.prefix, h.join(parts))
 
 
+def registration_path_sentence(record: dict) -> str:
+    """How the image was registered, from its QC record ("" for records that do not say)."""
+    if "SkullStripped" not in record:
+        return ""
+    stripped = bool(record["SkullStripped"])
+    how = ("detected" if record.get("SkullStrippedDecidedBy") == "detected"
+           else f"--skull-stripped {'yes' if stripped else 'no'}")
+    share = record.get("TissueOutsideBrain")
+    if share is not None:
+        how += f"; tissue outside the brain {share:.2f} of its volume"
+    if stripped:
+        return f"Input skull-stripped ({how}): registered as it is, brain to brain."
+    return f"Input with skull ({how}): registered through a rough brain mask."
+
+
 def _registration_part(result: ImageResults) -> h.Html:
     parts = [h.heading(f"Registration to {TEMPLATE_NAME}")]
     qc = result.qc
@@ -147,6 +162,9 @@ def _registration_part(result: ImageResults) -> h.Html:
             f"<p>Correlation with the template inside the crop boxes: "
             f"<strong>{h.esc(h.fmt(qc.correlation, 3))}</strong>{h.esc(threshold)} "
             f"{h.badge(text, kind)}</p>"))
+        path = registration_path_sentence(result.qc_record)
+        if path:
+            parts.append(h.Html(f"<p>{h.esc(path)}</p>"))
         if qc.passed is False:
             parts.append(h.notice("Registration failed QC: check the outlines below before "
                                   "trusting this image's PCS results.", "bad"))

@@ -13,6 +13,7 @@ and both hemispheres must pass.
 from __future__ import annotations
 
 import functools
+import math
 
 import nibabel as nib
 import numpy as np
@@ -21,6 +22,8 @@ from bids_pcs.config import HEMISPHERES, TEMPLATE_NAME, CropSettings
 from bids_pcs.spatial.template import load_template
 
 QC_METRIC = "pearson_correlation_with_template_in_crop_brain"
+# the registration path each image took (bids_pcs.spatial.skullstrip)
+REGISTRATION_PATHS = {True: "brain-as-given", False: "rough-brain-mask"}
 
 
 @functools.lru_cache(maxsize=8)
@@ -69,4 +72,20 @@ def registration_qc(crops: dict[str, nib.Nifti1Image], crop: CropSettings,
         "MinCorrelation": worst,
         "Threshold": float(min_correlation),
         "Passed": bool(worst >= min_correlation),
+    }
+
+
+def skull_strip_record(skull_stripped: bool, decided_by: str,
+                       tissue_outside_brain: float) -> dict:
+    """The QC record's entries on the registration path (:mod:`bids_pcs.spatial.skullstrip`).
+
+    ``RegistrationPath`` is ``brain-as-given`` for a skull-stripped image
+    (registered as it is) and ``rough-brain-mask`` for a whole-head one.
+    """
+    share = float(tissue_outside_brain)
+    return {
+        "SkullStripped": bool(skull_stripped),
+        "SkullStrippedDecidedBy": decided_by,
+        "TissueOutsideBrain": round(share, 4) if math.isfinite(share) else None,
+        "RegistrationPath": REGISTRATION_PATHS[bool(skull_stripped)],
     }

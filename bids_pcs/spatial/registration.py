@@ -101,15 +101,20 @@ def register_to_template(
     settings: RegistrationSettings,
     crop: CropSettings,
     out_dir: Path,
+    *,
+    skull_stripped: bool = False,
 ) -> RegistrationResult:
     """Register ``image`` (bias-corrected, native space) to the template.
 
+    ``skull_stripped``: the image is a brain already and is registered as it
+    is; otherwise it is masked with a rough brain mask first (see
+    :mod:`bids_pcs.spatial.skullstrip` for how the app decides).
     Writes ``reg_Composite.h5`` and ``reg_InverseComposite.h5`` in ``out_dir``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     moving = downsample(to_ants(image), settings.fine_mm)
-    brain_only = _mask_brain(moving, settings.fine_mm)
+    brain_only = moving if skull_stripped else _mask_brain(moving, settings.fine_mm)
     initial, rotation, metric = _initialise(brain_only, settings, out_dir)
 
     fixed, brain = _template_at(settings.fine_mm)

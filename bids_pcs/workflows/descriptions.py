@@ -48,6 +48,13 @@ def preprocessing_description(settings: Settings) -> str:
         stages += ", followed by a deformable SyN stage [@syn]"
     mirror = (" The right crop was mirrored onto the left so one model serves both "
               "hemispheres." if crop.mirror_right else "")
+    masking = {
+        "auto": "an image found to be skull-stripped (almost no tissue outside a rough "
+                "morphological brain mask) was registered as it was, any other was masked "
+                "with that rough brain mask",
+        "yes": "the images, skull-stripped, were registered as they were",
+        "no": "the image was masked with a rough morphological brain mask",
+    }[reg.skull_stripped]
     norm = (f"robust min-max (the {_ordinal(settings.intensity.lower_percentile)} to "
             f"{_ordinal(settings.intensity.upper_percentile)} percentile)"
             if settings.intensity.method == "percentile" else "z-scoring")
@@ -55,9 +62,8 @@ def preprocessing_description(settings: Settings) -> str:
         f"Each T1-weighted image was reoriented to RAS, {n4}and registered to the "
         f"MNI152NLin2009aSym template, the 1 mm ICBM 2009a nonlinear symmetric average "
         f"[@mni2009] as shipped with nilearn [@nilearn], with ANTs [@ants] through antspyx "
-        f"in a Nipype [@nipype] workflow: the image was masked with a rough morphological "
-        f"brain mask, a multi-start rigid search found the initial alignment, then "
-        f"{stages}, using Mattes mutual information "
+        f"in a Nipype [@nipype] workflow: {masking}; a multi-start rigid search found the "
+        f"initial alignment, then {stages}, using Mattes mutual information "
         f"inside the dilated template brain mask, with a fixed seed and one thread so that "
         f"a rerun gives the same transform. A {size} mm box per hemisphere around the "
         f"paracingulate region was resampled at {crop.voxel_mm:g} mm directly from the "

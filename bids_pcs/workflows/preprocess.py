@@ -13,7 +13,7 @@ from bids_pcs.interfaces.ants import (
     ResampleCrops,
 )
 from bids_pcs.interfaces.crops import NormaliseCropIntensity, RegistrationQC
-from bids_pcs.interfaces.images import LoadT1w
+from bids_pcs.interfaces.images import CheckSkullStripped, LoadT1w
 from bids_pcs.workflows.descriptions import preprocessing_description
 
 
@@ -24,6 +24,7 @@ def init_pcs_preproc_wf(*, settings: Settings, image_gb: float | None = None,
     Workflow graph::
 
         inputnode -> load_t1w -> n4 -> register -> resample_crops -> normalise -> qc -> outputnode
+                         `-> check_skull_stripped -^ (brain as given, or rough brain mask)
 
     Parameters
     ----------
@@ -67,6 +68,9 @@ def init_pcs_preproc_wf(*, settings: Settings, image_gb: float | None = None,
         name="outputnode",
     )
     load = pe.Node(LoadT1w(), name="load_t1w", mem_gb=0.5)
+    # on the image as loaded: N4 lifts a stripped image's zero background off its minimum
+    check = pe.Node(CheckSkullStripped(mode=reg.skull_stripped), name="check_skull_stripped",
+                    mem_gb=0.5)
     register = pe.Node(
         RegisterToTemplate(coarse_mm=reg.coarse_mm, fine_mm=reg.fine_mm,
                            refine_on_region=reg.refine_on_region, deformable=reg.deformable,
@@ -87,6 +91,10 @@ def init_pcs_preproc_wf(*, settings: Settings, image_gb: float | None = None,
 
     workflow.connect([
         (inputnode, load, [("t1w", "in_file")]),
+        (load, check, [("out_file", "in_file")]),
+        (check, register, [("skull_stripped", "skull_stripped")]),
+        (check, qc, [("skull_stripped", "skull_stripped"), ("decided_by", "skull_stripped_by"),
+                     ("tissue_outside_brain", "tissue_outside_brain")]),
         (register, resample, [("forward_transform", "transforms")]),
         (register, qc, [("initial_rotation_deg", "initial_rotation_deg")]),
         (resample, normalise, [("out_files", "in_files")]),
