@@ -24,6 +24,7 @@ from bids_pcs.io.derivatives import (
     PCS_TABLE_COLUMNS,
     dseg_path,
     pcs_metadata_path,
+    pcs_set_members,
     pcs_table_path,
     probseg_path,
     sidecar_path,
@@ -109,6 +110,22 @@ def test_participant_with_a_model_writes_valid_derivatives(demo, tmp_path):
 
     report = validate(output_dir)
     assert report.ok, report.summary()
+
+    # an interrupted write (issue 19): the record, removed first, and the right map not yet
+    # rewritten; the next run says so and completes the set as it was
+    record = pcs_metadata_path(output_dir, image)
+    members = [*pcs_set_members(output_dir, image), record]
+    first = {p.name: p.read_bytes() for p in members}
+    record.unlink()
+    probseg_path(output_dir, image, "R").unlink()
+    again = _participant(demo, "--model", demo.model_dir, output_dir=output_dir, label=label)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (f"{image.prefix}: its PCS results are incomplete ({record.name}, written last, "
+            "is missing); writing them again.") in again.stderr
+    rewritten = {p.name: p.read_bytes() for p in members}
+    maps = [n for n in first if n.endswith((".nii.gz", ".tsv"))]
+    assert len(maps) == 4 and [n for n in maps if first[n] != rewritten[n]] == []
+    assert json.loads(rewritten[record.name])["Files"] == json.loads(first[record.name])["Files"]
 
 
 @pytest.mark.slow
