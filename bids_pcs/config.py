@@ -380,6 +380,15 @@ def deep_update(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]
     return _deep_update(base, changes)
 
 
+def build_dataclass(cls: type, data: dict[str, Any], where: str) -> Any:
+    """``cls`` (a dataclass, nested ones too) from a mapping, typed and checked like a recipe.
+
+    Raises:
+        RecipeError: an unknown key or a value of the wrong type, naming ``[where]``.
+    """
+    return _build(cls, data, where)
+
+
 def _deep_update(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in changes.items():

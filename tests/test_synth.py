@@ -1,4 +1,9 @@
-"""The synthetic cohort generator (bids_pcs.synth, bids_pcs-synth)."""
+"""The synthetic cohort generator (bids_pcs.synth, bids_pcs-synth), on the easy preset.
+
+The easy preset is the carved-sheet cohort the fast tests rely on; the
+benchmark preset's anatomy, distractors, prevalence and variety are tested in
+test_synth_benchmark.py.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from scipy import ndimage
 from bids_pcs.config import LabelSettings
 from bids_pcs.synth import SynthOptions, anatomy, make_cohort, pcs_geometry, population
 from bids_pcs.synth.command import main
-from bids_pcs.synth.synthesis import AcquisitionOptions, synthesize_participant
+from bids_pcs.synth.synthesis import synthesize_participant
 
 HARVARD_OXFORD = Path("/usr/share/mricron/templates/HarvardOxford-cort-maxprob-thr0-1mm.nii.gz")
 PARACINGULATE = 28
@@ -29,17 +34,15 @@ LABELS = LabelSettings()
 def cohort(tmp_path_factory):
     """Three participants, sessions and skull-stripping mixed in."""
     bids_dir = tmp_path_factory.mktemp("synth") / "bids"
-    options = SynthOptions(sessions_fraction=0.5, stripped_fraction=0.3)
+    options = SynthOptions.from_preset("easy", sessions_fraction=0.5, stripped_fraction=0.3)
     return make_cohort(bids_dir, 3, seed=3, options=options)
 
 
-def _acquisition_options(**changes) -> AcquisitionOptions:
+def _easy_options(**changes) -> SynthOptions:
     base = dict(voxel_sizes=((1.0, 1.0, 1.0), (1.0, 1.0, 1.3)), orientations=("LPS", "PIR"),
-                stripped_fraction=0.0, deformation_mm=1.5, max_rotation_deg=10.0,
-                max_shift_mm=10.0, noise_range=(0.01, 0.03), bias_strength=0.12,
-                tissue_blend=(0.0, 0.4))
+                noise_range=(0.01, 0.03))
     base.update(changes)
-    return AcquisitionOptions(**base)
+    return SynthOptions.from_preset("easy", **base)
 
 
 def _spec(classes: dict[str, str], lengths: dict[str, float | None],
@@ -77,7 +80,7 @@ def _course_length_mm(dseg: nib.Nifti1Image, value: int, truth: dict) -> float:
 
 
 def test_same_seed_same_files_other_seed_other_files(tmp_path, cohort):
-    options = SynthOptions(figure=False)
+    options = SynthOptions(figure=False)  # the benchmark: every random path
     first = make_cohort(tmp_path / "a", 1, seed=7, options=options)
     again = make_cohort(tmp_path / "b", 1, seed=7, options=options)
     files = sorted(p.relative_to(first.bids_dir) for p in first.bids_dir.rglob("*")
@@ -95,7 +98,7 @@ def test_labelled_length_falls_in_its_class(pcs_class):
     rng = np.random.default_rng(11)
     left = population.draw_length(rng, pcs_class, LABELS, dimple_probability=1.0)
     spec = _spec({"L": pcs_class, "R": "prominent"}, {"L": left, "R": 50.0})
-    result = synthesize_participant(spec, _acquisition_options(), LABELS, rng)
+    result = synthesize_participant(spec, _easy_options(), rng)
     acq = result.acquisitions[0]
     for hemi, value, side in (("L", 1, "left"), ("R", 2, "right")):
         expected = spec.classes[hemi]
@@ -109,7 +112,7 @@ def test_labelled_length_falls_in_its_class(pcs_class):
 def test_absent_without_dimple_has_no_label():
     rng = np.random.default_rng(5)
     spec = _spec({"L": "absent", "R": "absent"}, {"L": None, "R": None})
-    result = synthesize_participant(spec, _acquisition_options(), LABELS, rng)
+    result = synthesize_participant(spec, _easy_options(), rng)
     assert not np.asarray(result.acquisitions[0].dseg.dataobj).any()
     assert result.length_mm == {"L": 0.0, "R": 0.0}
 
@@ -150,8 +153,9 @@ def test_cohort_tables_images_and_labels_agree(cohort):
     raw = pd.read_csv(cohort.bids_dir / "participants.tsv", sep="\t")
     derived = pd.read_csv(cohort.labels_dir / "participants.tsv", sep="\t")
     assert list(raw.participant_id) == ["sub-01", "sub-02", "sub-03"]
-    assert {"age", "sex", "group", "pcs_left", "pcs_right", "pcs_left_length_mm",
-            "pcs_right_length_mm"} <= set(raw.columns)
+    assert {"age", "sex", "group", "site", "anatomy_source", "pcs_left", "pcs_right",
+            "pcs_left_length_mm", "pcs_right_length_mm"} <= set(raw.columns)
+    assert set(raw.site) == {"A"}  # the easy preset has one site
     assert list(derived.pcs_left) == list(raw.pcs_left)
     sidecar = json.loads((cohort.bids_dir / "participants.json").read_text())
     assert sidecar["pcs_left_length_mm"]["Units"] == "mm"
@@ -219,6 +223,7 @@ def test_cli_exit_codes(tmp_path):
 
 
 def test_cli_writes_a_cohort(tmp_path):
+    # the default (benchmark) preset; --voxel-sizes overrides its sites' sizes
     result = CliRunner().invoke(main, [str(tmp_path / "c"), "-n", "1", "--seed", "2",
                                        "--no-skull", "--no-figure", "--voxel-sizes", "1.2",
                                        "--orientations", "LAS"])

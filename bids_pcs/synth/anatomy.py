@@ -15,7 +15,17 @@ Sources:
   is Colin27's when ``mricron-data`` is installed, else a layered shell.
 - ``Colin27``: the single-subject whole-head T1 of Debian's ``mricron-data``.
 
-Both are read once per process and kept (about 0.1 GB).
+The base brains' own sulci where synthetic ones are carved are removed first
+by a sagittal grey closing (a sulcus and its grey banks close as if the gyri
+had never been folded apart), in one of two regions (``base_sulci``):
+``pcs_band`` (the easy preset) is a 4 mm tube around the PCS arc;
+``medial_wall`` (the benchmark) is 8 mm around the PCS arc and 4.5 mm around
+the cingulate sulcus, whose place a synthetic cingulate sulcus then takes
+(:func:`bids_pcs.synth.pcs_geometry.close_medial_wall`). Sulci outside those
+tubes (the superior frontal gyrus' own dimples, say) stay as the base brain
+has them: unlabelled, as they are not paracingulate sulci.
+
+Each source is read once per process and kept (about 0.1 GB per rule).
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ from scipy import ndimage
 
 from bids_pcs.config import TEMPLATE_NAME
 from bids_pcs.errors import InputDataError
-from bids_pcs.synth import pcs_geometry
+from bids_pcs.synth import morphology, pcs_geometry
 
 COLIN27_T1 = Path("/usr/share/mricron/templates/ch2.nii.gz")
 COLIN27_BRAIN = Path("/usr/share/mricron/templates/ch2bet.nii.gz")
@@ -40,6 +50,11 @@ COLIN_NAME = "Colin27"
 # levels of the tissue classes (contrast.py maps them to intensities)
 AIR, CSF, GM, WM = 0.0, 1.0, 2.0, 3.0
 BRIGHTEST = 4.5  # the brightest tissue of a head (scalp fat)
+BASE_SULCI_RULES = ("pcs_band", "medial_wall")
+# defacing removes head tissue below this plane (z < a + b y, template mm) and
+# farther than _FACE_MARGIN_MM from the brain: the face, eyes and nose
+_FACE_PLANE = (-75.0 - 1.64 * 20.0, 1.64)
+_FACE_MARGIN_MM = 4
 
 
 @dataclass(frozen=True)
@@ -93,6 +108,30 @@ class AnatomySource:
     def _head_mask(self) -> np.ndarray:
         return (self.head_levels > 0.3) | self.brain_mask
 
+    @functools.cached_property
+    def defaced_head_levels(self) -> np.ndarray:
+        """``head_levels`` without the face (see ``_FACE_PLANE``)."""
+        shape = self.head_levels.shape
+        j, k = np.meshgrid(np.arange(shape[1]), np.arange(shape[2]), indexing="ij")
+        y = self.affine[1, 1] * j + self.affine[1, 3]
+        z = self.affine[2, 2] * k + self.affine[2, 3]
+        below = (z < _FACE_PLANE[0] + _FACE_PLANE[1] * y)[None, :, :]
+        near_brain = ndimage.binary_dilation(self.brain_mask, iterations=_FACE_MARGIN_MM)
+        return np.where(below & ~near_brain, np.float32(0.0), self.head_levels)
+
+    @functools.cached_property
+    def ventricles(self) -> morphology.VentricleMap:
+        """Where the lateral ventricles are (for their enlargement with age)."""
+        return morphology.ventricle_map(self.brain_levels, self.affine)
+
+    @functools.cached_property
+    def brain_box(self) -> tuple[slice, slice, slice]:
+        """Voxel box of the brain (one voxel of margin)."""
+        idx = np.argwhere(self.brain_mask)
+        low = np.maximum(idx.min(0) - 1, 0)
+        high = np.minimum(idx.max(0) + 2, self.brain_mask.shape)
+        return tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True))  # type: ignore[return-value]
+
 
 def colin27_available() -> bool:
     """Whether Debian's ``mricron-data`` (Colin27) is installed."""
@@ -104,18 +143,20 @@ def available_sources() -> tuple[str, ...]:
     return (MNI_NAME, COLIN_NAME) if colin27_available() else (MNI_NAME,)
 
 
-@functools.lru_cache(maxsize=2)
-def load_source(name: str) -> AnatomySource:
-    """The anatomy ``name``, read once per process."""
+@functools.lru_cache(maxsize=4)
+def load_source(name: str, base_sulci: str = "pcs_band") -> AnatomySource:
+    """The anatomy ``name`` with its sulci removed by rule ``base_sulci``, read once per process."""
+    if base_sulci not in BASE_SULCI_RULES:
+        raise ValueError(f"base_sulci must be one of {BASE_SULCI_RULES}, not {base_sulci!r}")
     if name == MNI_NAME:
-        return _load_mni()
+        return _load_mni(base_sulci)
     if name == COLIN_NAME:
         if not colin27_available():
             raise InputDataError(
                 f"Colin27 ({COLIN27_T1}) is not installed; install the Debian package "
                 "mricron-data or use only the MNI152 anatomy."
             )
-        return _load_colin()
+        return _load_colin(base_sulci)
     raise InputDataError(f"Unknown anatomy source {name!r}; use {MNI_NAME} or {COLIN_NAME}.")
 
 
@@ -137,7 +178,13 @@ def template_grid() -> tuple[tuple[int, int, int], np.ndarray]:
     return t1.shape, affine  # type: ignore[return-value]
 
 
-def _load_mni() -> AnatomySource:
+def _remove_base_sulci(levels: np.ndarray, affine: np.ndarray, rule: str) -> np.ndarray:
+    if rule == "medial_wall":
+        return pcs_geometry.close_medial_wall(levels, affine, grey_level=GM)
+    return pcs_geometry.smooth_out_band(levels, affine)
+
+
+def _load_mni(base_sulci: str) -> AnatomySource:
     t1, gm, wm, mask, affine = _mni_images()
     brain = mask > 0.5
     # tissue peaks of the template intensity, read where the maps are sure
@@ -145,20 +192,20 @@ def _load_mni() -> AnatomySource:
     peaks = [float(np.median(t1[p > 0.9])) for p in (csf_p, gm, wm)]
     levels = _levels_from_intensity(t1, peaks, float(t1[brain].max())) * brain
     tissue = (CSF * csf_p + GM * gm + WM * wm) * brain
-    levels = pcs_geometry.smooth_out_band(levels, affine)
-    tissue = pcs_geometry.smooth_out_band(tissue, affine)
+    levels = _remove_base_sulci(levels, affine, base_sulci)
+    tissue = _remove_base_sulci(tissue, affine, base_sulci)
     head = _colin_head_levels(brain, affine) if colin27_available() else _layered_shell(brain)
     return AnatomySource(MNI_NAME, levels.astype(np.float32), tissue.astype(np.float32),
                          head.astype(np.float32), brain, affine)
 
 
-def _load_colin() -> AnatomySource:
+def _load_colin(base_sulci: str) -> AnatomySource:
     shape, affine = template_grid()
     head_t1 = _on_template_grid(nib.load(COLIN27_T1), shape, affine)
     brain = _on_template_grid(nib.load(COLIN27_BRAIN), shape, affine) > 0
     peaks = _histogram_peaks(head_t1[brain])
     levels = _levels_from_intensity(head_t1, peaks, float(head_t1.max()))
-    brain_levels = pcs_geometry.smooth_out_band(levels * brain, affine)
+    brain_levels = _remove_base_sulci(levels * brain, affine, base_sulci)
     head_levels = levels * ~brain
     return AnatomySource(COLIN_NAME, brain_levels.astype(np.float32), None,
                          head_levels.astype(np.float32), brain, affine)

@@ -5,7 +5,8 @@ Layout::
     BIDS_DIR/
       dataset_description.json  README  participants.tsv  participants.json
       sub-<L>/[ses-<S>/]anat/sub-<L>[_ses-<S>]_T1w.nii.gz
-      code/synth_options.json  code/pcs_overview.png   how it was made, check figure
+      code/synth_options.json  code/pcs_overview.png  code/pcs_distractors.png
+                                how it was made, check figures
       derivatives/pcs-labels/
         dataset_description.json  desc-pcs_dseg.tsv  participants.tsv/.json
         sub-<L>/[ses-<S>/]anat/..._space-T1w_desc-pcs_dseg.nii.gz (+ .json)
@@ -26,14 +27,17 @@ import nibabel as nib
 from bids_pcs import CODE_URL, __version__
 from bids_pcs.io.atomic import write_bytes, write_json, write_text
 from bids_pcs.io.derivatives import BIDS_VERSION, dseg_lookup_tsv
+from bids_pcs.synth.readme import cohort_readme
+from bids_pcs.synth.sites import Site
 
 LABELS_SUBDIR = Path("derivatives") / "pcs-labels"
 # code/ is the BIDS place for what made a dataset, and the validator skips it
 # (it does not honour a derivative's .bidsignore when validating recursively)
 FIGURE_RELPATH = Path("code") / "pcs_overview.png"
+DISTRACTOR_FIGURE_RELPATH = Path("code") / "pcs_distractors.png"
 GENERATOR = "bids_pcs-synth"
 
-DEMOGRAPHIC_COLUMNS = ("participant_id", "age", "sex", "group", "anatomy_source")
+DEMOGRAPHIC_COLUMNS = ("participant_id", "age", "sex", "group", "anatomy_source", "site")
 PCS_COLUMNS = ("pcs_left", "pcs_right", "pcs_left_length_mm", "pcs_right_length_mm")
 
 
@@ -71,8 +75,16 @@ def generated_by() -> list[dict[str, Any]]:
 
 
 def write_raw_dataset_files(bids_dir: Path, rows: Sequence[dict[str, Any]], *, seed: int,
-                            sources: Sequence[str]) -> None:
-    """dataset_description.json, README, participants.tsv/.json of the raw dataset."""
+                            sources: Sequence[str], options: Any) -> None:
+    """dataset_description.json, README, participants.tsv/.json of the raw dataset.
+
+    Args:
+        bids_dir: the raw dataset.
+        rows: one participants.tsv row per participant.
+        seed: the cohort's seed.
+        sources: anatomy sources used.
+        options: the :class:`~bids_pcs.synth.options.SynthOptions` (described in the README).
+    """
     write_json(bids_dir / "dataset_description.json", {
         "Name": f"bids_pcs synthetic paracingulate sulcus cohort (seed {seed})",
         "BIDSVersion": BIDS_VERSION,
@@ -84,13 +96,16 @@ def write_raw_dataset_files(bids_dir: Path, rows: Sequence[dict[str, Any]], *, s
                             "for Colin27 participants, Holmes et al. 1998.",
         "ReferencesAndLinks": [CODE_URL],
     })
-    write_text(bids_dir / "README", _readme(len(rows), seed, sources))
+    write_text(bids_dir / "README", cohort_readme(
+        n=len(rows), seed=seed, sources=sources, options=options, generator=GENERATOR,
+        version=__version__))
     columns = DEMOGRAPHIC_COLUMNS + PCS_COLUMNS
     write_text(bids_dir / "participants.tsv", _tsv(rows, columns))
-    write_json(bids_dir / "participants.json", _participants_sidecar(columns))
+    write_json(bids_dir / "participants.json", _participants_sidecar(columns, options.sites))
 
 
-def write_labels_dataset_files(labels_dir: Path, rows: Sequence[dict[str, Any]]) -> None:
+def write_labels_dataset_files(labels_dir: Path, rows: Sequence[dict[str, Any]],
+                               sites: Sequence[Site]) -> None:
     """Dataset-level files of ``derivatives/pcs-labels``."""
     write_json(labels_dir / "dataset_description.json", {
         "Name": "Paracingulate sulcus labels of the synthetic cohort (ground truth)",
@@ -103,7 +118,7 @@ def write_labels_dataset_files(labels_dir: Path, rows: Sequence[dict[str, Any]])
     write_text(labels_dir / "desc-pcs_dseg.tsv", dseg_lookup_tsv())
     columns = ("participant_id",) + PCS_COLUMNS
     write_text(labels_dir / "participants.tsv", _tsv(rows, columns))
-    write_json(labels_dir / "participants.json", _participants_sidecar(columns))
+    write_json(labels_dir / "participants.json", _participants_sidecar(columns, sites))
 
 
 def write_acquisition(bids_dir: Path, subject: str, session: str | None,
@@ -117,7 +132,8 @@ def write_acquisition(bids_dir: Path, subject: str, session: str | None,
     sidecar = {
         "Sources": [f"bids:raw:{t1w_relpath(subject, session).as_posix()}"],
         "Description": "Paracingulate sulcus carved into the synthetic image: "
-                       "1 left PCS, 2 right PCS (exactly the carved voxels).",
+                       "1 left PCS, 2 right PCS (exactly the carved voxels; neighbouring "
+                       "sulci carry no label).",
         "Manual": False,
         "SpatialReference": f"bids:raw:{t1w_relpath(subject, session).as_posix()}",
         "SyntheticTruth": truth,
@@ -150,7 +166,7 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _participants_sidecar(columns: Sequence[str]) -> dict[str, Any]:
+def _participants_sidecar(columns: Sequence[str], sites: Sequence[Site]) -> dict[str, Any]:
     classes = {
         "absent": "no sulcus, or one shorter than 20 mm",
         "present": "a sulcus of 20 to 40 mm",
@@ -167,6 +183,10 @@ def _participants_sidecar(columns: Sequence[str]) -> dict[str, Any]:
             "Levels": {"MNI152NLin2009aSym": "MNI ICBM 2009a symmetric template (nilearn)",
                        "Colin27": "Colin27 single-subject T1 (mricron-data)"},
         },
+        "site": {
+            "Description": "Acquisition site: its contrast family and voxel size",
+            "Levels": {site.name: site.describe() for site in sites},
+        },
     }
     for side in ("left", "right"):
         described[f"pcs_{side}"] = {
@@ -176,29 +196,9 @@ def _participants_sidecar(columns: Sequence[str]) -> dict[str, Any]:
         }
         described[f"pcs_{side}_length_mm"] = {
             "Description": f"True length of the {side} PCS along its course on the "
-                           "medial surface, in the participant's native space "
-                           "(0 when there is none)",
+                           "medial surface, in the participant's native space; an "
+                           "interrupted PCS counts the sum of its segments (0 when there "
+                           "is none or the hemisphere is absent and unlabelled)",
             "Units": "mm",
         }
     return {c: described[c] for c in columns}
-
-
-def _readme(n: int, seed: int, sources: Sequence[str]) -> str:
-    return f"""# Synthetic paracingulate sulcus cohort
-
-{n} synthetic participants made by `{GENERATOR} --seed {seed}` (bids_pcs {__version__}).
-Each T1w image is real anatomy ({", ".join(sources)}) warped by a random smooth
-deformation and placed in the scanner with a random pose, with random tissue
-contrast, bias field, Rician noise, voxel size and orientation; some images are
-skull-stripped. A paracingulate sulcus (PCS) of known course and length is
-carved into each hemisphere (or not, when absent).
-
-Ground truth lives in `derivatives/pcs-labels`: per image a
-`space-T1w_desc-pcs_dseg` label on the image grid (1 left PCS, 2 right PCS)
-whose JSON sidecar records the truth (lengths, pose, source), and the classes
-`pcs_left` / `pcs_right` (absent < 20 mm <= present <= 40 mm < prominent) in
-`participants.tsv` here and there.
-
-These are not real participants. The data are for testing and demonstrating
-bids_pcs only.
-"""

@@ -5,8 +5,10 @@ Usage::
     from bids_pcs.synth import SynthOptions, make_cohort
 
     summary = make_cohort("/tmp/synth", 20, seed=0,
-                          options=SynthOptions(sessions_fraction=0.2))
-    summary.class_counts["L"]  # {"absent": 5, "present": 9, "prominent": 6}
+                          options=SynthOptions(sessions_fraction=0.2))   # benchmark
+    easy = make_cohort("/tmp/easy", 4, options=SynthOptions.from_preset("easy"))
+    summary.class_counts["L"]  # {"absent": 8, "present": 5, "prominent": 7}
+    draw_population(500, seed=0)  # who the participants are, without any image
 
 A participant's images depend only on (seed, participant index), so the first
 ten participants of a cohort of 100 are those of a cohort of 10, and work can
@@ -20,75 +22,21 @@ import shutil
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bids_pcs.config import HEMISPHERES, PCS_CLASSES, LabelSettings
+from bids_pcs.config import HEMISPHERES, PCS_CLASSES
 from bids_pcs.errors import BidsPcsError, OutputError
-from bids_pcs.synth import anatomy, bids_writer, population, synthesis
-
-DEFAULT_VOXEL_SIZES: tuple[tuple[float, float, float], ...] = (
-    (1.0, 1.0, 1.0), (1.0, 1.0, 1.0), (1.0, 1.0, 1.2), (1.2, 1.2, 1.2), (1.0, 1.0, 1.4),
-    (1.3, 1.0, 1.0),
-)
-# RAS (nibabel), LAS (FSL radiological), LPS (DICOM/ITK), PIR and ASL (sagittal
-# acquisitions stored slice-first), RPI
-DEFAULT_ORIENTATIONS = ("RAS", "LAS", "LPS", "RPI", "PIR", "ASL")
+from bids_pcs.synth import anatomy, bids_writer, population, prevalence, synthesis
+from bids_pcs.synth.contrast import FAMILY_RANGES
+from bids_pcs.synth.options import SynthOptions
 
 
 class SynthError(BidsPcsError):
     """The synthetic cohort cannot be made as asked."""
-
-
-@dataclass(frozen=True)
-class SynthOptions:
-    """How the cohort varies (every field has a sensible default).
-
-    Args:
-        sessions_fraction: with > 0, every participant has ``ses-1`` and this
-            fraction also ``ses-2`` (same brain, new acquisition).
-        stripped_fraction: fraction of images skull-stripped (0: all keep
-            skull and neck, 1: all stripped).
-        anatomy: sources to draw from (those not installed are skipped).
-        colin_weight: relative frequency of Colin27 among sources.
-        voxel_sizes, orientations: drawn uniformly per image.
-        prevalence: per hemisphere P(absent), P(present), P(prominent).
-        dimple_probability: chance that an absent PCS is a short (< 20 mm) fold.
-        deformation_mm: spread of the smooth deformation's control points.
-        max_rotation_deg, max_shift_mm: head pose in the scanner.
-        noise_range: noise s.d. relative to white matter, drawn per image.
-        bias_strength: spread of log-bias coefficients.
-        tissue_blend: range of the weight of the tissue-map rendering (MNI).
-        labels: class thresholds and label values.
-        figure: write ``code/pcs_overview.png`` (sagittal slices with labels).
-        figure_images: how many images the figure shows.
-        nprocs: worker processes.
-        overwrite: replace an earlier synthetic cohort in BIDS_DIR.
-    """
-
-    sessions_fraction: float = 0.0
-    stripped_fraction: float = 0.0
-    anatomy: tuple[str, ...] = (anatomy.MNI_NAME, anatomy.COLIN_NAME)
-    colin_weight: float = 0.3
-    voxel_sizes: tuple[tuple[float, float, float], ...] = DEFAULT_VOXEL_SIZES
-    orientations: tuple[str, ...] = DEFAULT_ORIENTATIONS
-    prevalence: dict[str, tuple[float, float, float]] = field(
-        default_factory=lambda: dict(population.DEFAULT_PREVALENCE))
-    dimple_probability: float = 0.5
-    deformation_mm: float = 1.5
-    max_rotation_deg: float = 10.0
-    max_shift_mm: float = 10.0
-    noise_range: tuple[float, float] = (0.01, 0.04)
-    bias_strength: float = 0.12
-    tissue_blend: tuple[float, float] = (0.0, 0.4)
-    labels: LabelSettings = field(default_factory=LabelSettings)
-    figure: bool = True
-    figure_images: int = 4
-    nprocs: int = 1
-    overwrite: bool = False
 
 
 @dataclass
@@ -101,6 +49,7 @@ class CohortSummary:
     n_images: int
     seconds: float
     figure: Path | None = None
+    distractor_figure: Path | None = None
 
     @property
     def class_counts(self) -> dict[str, dict[str, int]]:
@@ -129,15 +78,11 @@ def make_cohort(bids_dir: str | Path, n_participants: int, seed: int = 0,
     """
     options = options or SynthOptions()
     _check_options(n_participants, options)
+    sources = _sources(options)
     bids_dir = Path(bids_dir).absolute()
     _prepare_output(bids_dir, options.overwrite)
-    sources = tuple(s for s in options.anatomy if s in anatomy.available_sources())
-    if not sources:
-        raise SynthError(f"None of the anatomy sources {', '.join(options.anatomy)} is "
-                         "installed; use MNI152NLin2009aSym (shipped with nilearn).")
 
-    width = max(2, len(str(n_participants)))
-    labels = [f"{i + 1:0{width}d}" for i in range(n_participants)]
+    labels = _labels(n_participants)
     jobs = [(i, labels[i], seed, bids_dir, sources, options) for i in range(n_participants)]
     start = time.perf_counter()
     if options.nprocs > 1 and n_participants > 1:
@@ -145,52 +90,90 @@ def make_cohort(bids_dir: str | Path, n_participants: int, seed: int = 0,
             results = list(pool.map(_make_participant, jobs))
     else:
         results = [_make_participant(job) for job in jobs]
-    rows = [row for row, _ in results]
-    written = [item for _, items in results for item in items]
+    rows = [row for row, _, _ in results]
+    written = [item for _, items, _ in results for item in items]
 
+    sulci = [item for _, _, items in results for item in items]
     labels_dir = bids_dir / bids_writer.LABELS_SUBDIR
-    bids_writer.write_raw_dataset_files(bids_dir, rows, seed=seed, sources=sources)
-    bids_writer.write_labels_dataset_files(labels_dir, rows)
-    figure = None
+    bids_writer.write_raw_dataset_files(bids_dir, rows, seed=seed, sources=sources,
+                                        options=options)
+    bids_writer.write_labels_dataset_files(labels_dir, rows, options.sites)
+    figure = distractor_figure = None
     if options.figure:
+        from bids_pcs.synth.figures import distractor_figure as draw_distractors_figure
         from bids_pcs.synth.figures import overview_figure
 
         figure = overview_figure(written[: options.figure_images],
                                  bids_dir / bids_writer.FIGURE_RELPATH)
+        distractor_figure = draw_distractors_figure(
+            sulci[: options.figure_images], bids_dir / bids_writer.DISTRACTOR_FIGURE_RELPATH)
     bids_writer.write_provenance(bids_dir, n_participants=n_participants, seed=seed,
                                  options=_plain(options))
     return CohortSummary(bids_dir, labels_dir, rows, len(written),
-                         time.perf_counter() - start, figure)
+                         time.perf_counter() - start, figure, distractor_figure)
 
 
-def _make_participant(job: tuple) -> tuple[dict[str, Any], list[tuple[Path, Path, dict]]]:
-    index, label, seed, bids_dir, sources, options = job
-    rng = np.random.default_rng([seed, index])
+def draw_population(n_participants: int, seed: int = 0, options: SynthOptions | None = None
+                    ) -> list[population.ParticipantSpec]:
+    """Who the participants of ``make_cohort(..., n_participants, seed, options)`` are.
+
+    The same draws as the cohort's (each participant's stream starts with
+    them), without making any image: fast enough to check the population model
+    over hundreds of participants.
+    """
+    options = options or SynthOptions()
+    _check_options(n_participants, options)
+    sources = _sources(options)
+    labels = _labels(n_participants)
+    return [_draw_spec(np.random.default_rng([seed, i]), i, labels[i], sources, options)
+            for i in range(n_participants)]
+
+
+def _labels(n_participants: int) -> list[str]:
+    width = max(2, len(str(n_participants)))
+    return [f"{i + 1:0{width}d}" for i in range(n_participants)]
+
+
+def _draw_spec(rng: np.random.Generator, index: int, label: str, sources: tuple[str, ...],
+               options: SynthOptions) -> population.ParticipantSpec:
     weights = tuple(options.colin_weight if s == anatomy.COLIN_NAME else 1.0 for s in sources)
-    spec = population.draw_participant(
+    return population.draw_participant(
         rng, index=index, label=label, sources=sources, source_weights=weights,
         prevalence=options.prevalence, labels=options.labels,
         dimple_probability=options.dimple_probability,
-        sessions_fraction=options.sessions_fraction)
-    result = synthesis.synthesize_participant(spec, _acquisition_options(options),
-                                              options.labels, rng)
-    written = []
+        sessions_fraction=options.sessions_fraction, concordance=options.concordance,
+        absent_sulcus_mm=options.absent_sulcus_mm,
+        sites=tuple(s.name for s in options.sites),
+        site_weights=tuple(s.weight for s in options.sites))
+
+
+def _make_participant(job: tuple) -> tuple[dict[str, Any], list[tuple[Path, Path, dict]],
+                                            list[tuple[Path, Any, dict]]]:
+    index, label, seed, bids_dir, sources, options = job
+    rng = np.random.default_rng([seed, index])
+    spec = _draw_spec(rng, index, label, sources, options)
+    keep_sulci = options.figure and index < options.figure_images
+    result = synthesis.synthesize_participant(spec, options, rng, keep_sulci=keep_sulci)
+    written, sulci = [], []
     for acq in result.acquisitions:
         t1w_path, dseg_path = bids_writer.write_acquisition(bids_dir, label, acq.session,
                                                             acq.t1w, acq.dseg, acq.truth)
         written.append((t1w_path, dseg_path, acq.truth))
+        if acq.sulci is not None:
+            sulci.append((t1w_path, acq.sulci, acq.truth))
     row = {
         "participant_id": f"sub-{label}",
         "age": spec.age,
         "sex": spec.sex,
         "group": spec.group,
         "anatomy_source": spec.source,
+        "site": spec.site,
         "pcs_left": spec.classes["L"],
         "pcs_right": spec.classes["R"],
         "pcs_left_length_mm": round(result.length_mm["L"], 1),
         "pcs_right_length_mm": round(result.length_mm["R"], 1),
     }
-    return row, written
+    return row, written, sulci
 
 
 def _plain(options: SynthOptions) -> dict[str, Any]:
@@ -199,13 +182,12 @@ def _plain(options: SynthOptions) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(options), default=list))
 
 
-def _acquisition_options(options: SynthOptions) -> synthesis.AcquisitionOptions:
-    return synthesis.AcquisitionOptions(
-        voxel_sizes=options.voxel_sizes, orientations=options.orientations,
-        stripped_fraction=options.stripped_fraction, deformation_mm=options.deformation_mm,
-        max_rotation_deg=options.max_rotation_deg, max_shift_mm=options.max_shift_mm,
-        noise_range=options.noise_range, bias_strength=options.bias_strength,
-        tissue_blend=options.tissue_blend)
+def _sources(options: SynthOptions) -> tuple[str, ...]:
+    sources = tuple(s for s in options.anatomy if s in anatomy.available_sources())
+    if not sources:
+        raise SynthError(f"None of the anatomy sources {', '.join(options.anatomy)} is "
+                         "installed; use MNI152NLin2009aSym (shipped with nilearn).")
+    return sources
 
 
 def _check_options(n_participants: int, options: SynthOptions) -> None:
@@ -215,11 +197,24 @@ def _check_options(n_participants: int, options: SynthOptions) -> None:
         value = getattr(options, name)
         if not 0.0 <= value <= 1.0:
             raise SynthError(f"{name} must lie between 0 and 1, not {value}.")
+    for name in ("colin_weight", "dimple_probability"):
+        if getattr(options, name) < 0:
+            raise SynthError(f"{name} must not be negative, not {getattr(options, name)}.")
     for hemi in HEMISPHERES:
         p = options.prevalence.get(hemi)
         if p is None or len(p) != 3 or min(p) < 0 or sum(p) <= 0:
             raise SynthError(f"prevalence[{hemi!r}] must be three non-negative numbers "
                              f"(absent, present, prominent), not {p!r}.")
+    if options.concordance is not None:
+        try:
+            prevalence.joint_table(options.prevalence, options.concordance)
+        except ValueError as exc:
+            raise SynthError(f"{exc} Set concordance to fit prevalence.") from exc
+    _check_sites(options)
+    _check_probabilities(options)
+    if options.base_sulci not in anatomy.BASE_SULCI_RULES:
+        raise SynthError(f"base_sulci must be one of {', '.join(anatomy.BASE_SULCI_RULES)}, "
+                         f"not {options.base_sulci!r}.")
     if not options.voxel_sizes or any(len(v) != 3 or min(v) < 0.5 or max(v) > 4
                                        for v in options.voxel_sizes):
         raise SynthError("voxel sizes must be three numbers between 0.5 and 4 mm each.")
@@ -228,6 +223,43 @@ def _check_options(n_participants: int, options: SynthOptions) -> None:
     if bad or not options.orientations:
         raise SynthError(f"orientation code(s) {', '.join(bad) or 'none'} are not valid; "
                          "use three letters, one of R/L, A/P, S/I each, e.g. RAS or LPS.")
+
+
+def _check_sites(options: SynthOptions) -> None:
+    names = [s.name for s in options.sites]
+    if not names or len(set(names)) != len(names) or not all(
+            n.isascii() and n.isalnum() for n in names):
+        raise SynthError(f"sites need distinct names of letters and digits, not {names}.")
+    for site in options.sites:
+        if site.contrast not in FAMILY_RANGES:
+            raise SynthError(f"site {site.name}: contrast {site.contrast!r} is not one of "
+                             f"{', '.join(FAMILY_RANGES)}.")
+        if site.voxel_mm is not None and (len(site.voxel_mm) != 3 or min(site.voxel_mm) < 0.5
+                                          or max(site.voxel_mm) > 4):
+            raise SynthError(f"site {site.name}: voxel_mm must be three sizes between 0.5 "
+                             f"and 4 mm, not {site.voxel_mm}.")
+        if site.weight <= 0:
+            raise SynthError(f"site {site.name}: weight must be positive, not {site.weight}.")
+
+
+def _check_probabilities(options: SynthOptions) -> None:
+    import dataclasses
+
+    values = {f"artefacts.{f.name}": getattr(options.artefacts, f.name)
+              for f in dataclasses.fields(options.artefacts) if f.name.endswith("probability")}
+    values.update({f"distractors.{f.name}": getattr(options.distractors, f.name)
+                   for f in dataclasses.fields(options.distractors)
+                   if f.name.endswith("probability")})
+    values["dimple_probability"] = options.dimple_probability
+    for name, value in values.items():
+        if not 0.0 <= value <= 1.0:
+            raise SynthError(f"{name} must lie between 0 and 1, not {value}.")
+    for name, shape in (("pcs", options.pcs),
+                        ("distractors.cingulate_shape", options.distractors.cingulate_shape)):
+        p = shape.segments
+        if len(p) != 3 or min(p) < 0 or sum(p) <= 0:
+            raise SynthError(f"{name}.segments must be three non-negative probabilities "
+                             f"(one, two, three segments), not {p}.")
 
 
 def _all_axcodes() -> list[tuple[str, str, str]]:

@@ -1,13 +1,18 @@
 """``bids_pcs-synth BIDS_DIR --participants N --seed S``: write a synthetic cohort.
 
-Exit 0 on success, 2 on a usage error (click), 1 with one sentence when the
-cohort cannot be written (traceback with ``-v``).
+``--preset benchmark`` (default) or ``easy`` picks the options
+(:mod:`bids_pcs.synth.options`); the other flags and ``--set NAME=VALUE``
+(any option, dotted for nested ones: ``--set distractors.dimples=[0,5]``)
+change single values of the preset. Exit 0 on success, 2 on a usage error
+(click), 1 with one sentence when the cohort cannot be written (traceback
+with ``-v``).
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -57,28 +62,56 @@ def _orientations(ctx: click.Context, param: click.Parameter, value: str
     return codes
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+def _settings(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+              ) -> dict[str, Any]:
+    import tomllib
+
+    out: dict[str, Any] = {}
+    for item in value:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r}: expected NAME=VALUE, e.g. "
+                                     "--set artefacts.ringing_probability=0.5.")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = raw  # a bare word is a string
+    return out
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"],
+                                 "max_content_width": 100})
 @click.argument("bids_dir", type=click.Path(path_type=Path))
 @click.option("-n", "--participants", type=click.IntRange(min=1), default=10,
               show_default=True, help="Number of participants.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Random seed; the same seed writes the same files.")
-@click.option("--sessions-fraction", type=click.FloatRange(0, 1), default=0.0,
+@click.option("--preset", type=click.Choice(["benchmark", "easy"]), default="benchmark",
               show_default=True,
-              help="With > 0 every participant gets ses-1, this fraction also ses-2.")
-@click.option("--skull/--no-skull", default=True, show_default=True,
-              help="Keep skull and neck, or skull-strip every image.")
+              help="benchmark: folds with grey banks, interruptions, unlabelled neighbouring "
+                   "sulci, sites, artefacts, cited prevalence; easy: the carved-sheet cohort "
+                   "of earlier versions (fast tests).")
+@click.option("--set", "changes", multiple=True, callback=_settings, metavar="NAME=VALUE",
+              help="Change one option of the preset (TOML value), e.g. --set "
+                   "deformation_mm=2 or --set pcs.segments=[1,0,0]; see the cohort README.")
+@click.option("--sessions-fraction", type=click.FloatRange(0, 1), default=None,
+              help="With > 0 every participant gets ses-1, this fraction also ses-2 "
+                   "[default: 0].")
+@click.option("--skull/--no-skull", default=None,
+              help="Keep skull and neck, or skull-strip every image [default: the preset's "
+                   "stripped fraction].")
 @click.option("--stripped-fraction", type=click.FloatRange(0, 1), default=None,
               help="Fraction of images skull-stripped (overrides --skull/--no-skull).")
 @click.option("--voxel-sizes", callback=_voxel_sizes, default=None,
-              help="Voxel sizes drawn per image, e.g. '1x1x1,1x1x1.4,1.2' "
-                   "[default: 1 mm and anisotropic mixes].")
+              help="Voxel sizes drawn per image, e.g. '1x1x1,1x1x1.4,1.2'; the sites then "
+                   "keep their contrast but draw their voxel size from these "
+                   "[default: each site's own, or 1 mm and anisotropic mixes].")
 @click.option("--orientations", callback=_orientations, default=None,
               help="Orientation codes drawn per image [default: RAS,LAS,LPS,RPI,PIR,ASL].")
 @click.option("--anatomy", type=click.Choice(sorted(_ANATOMY_CHOICES)), default="all",
               show_default=True, help="Anatomy sources (Colin27 only where installed).")
-@click.option("--deformation-mm", type=click.FloatRange(0, 5), default=1.5,
-              show_default=True, help="Strength of the random smooth deformation.")
+@click.option("--deformation-mm", type=click.FloatRange(0, 5), default=None,
+              help="Strength of the random smooth deformation [default: the preset's].")
 @click.option("--figure/--no-figure", default=True, show_default=True,
               help="Write BIDS_DIR/code/pcs_overview.png (sagittal slices with labels).")
 @click.option("--nprocs", type=click.IntRange(min=1), default=1, show_default=True,
@@ -87,33 +120,28 @@ def _orientations(ctx: click.Context, param: click.Parameter, value: str
               help="Replace an earlier synthetic cohort in BIDS_DIR.")
 @click.option("-v", "--verbose", count=True, help="Show tracebacks of errors.")
 @click.version_option(__version__, prog_name="bids_pcs-synth")
-def main(bids_dir: Path, participants: int, seed: int, sessions_fraction: float, skull: bool,
-         stripped_fraction: float | None, voxel_sizes, orientations, anatomy: str,
-         deformation_mm: float, figure: bool, nprocs: int, overwrite: bool,
-         verbose: int) -> None:
+def main(bids_dir: Path, participants: int, seed: int, preset: str, changes: dict[str, Any],
+         sessions_fraction: float | None, skull: bool | None, stripped_fraction: float | None,
+         voxel_sizes, orientations, anatomy: str, deformation_mm: float | None, figure: bool,
+         nprocs: int, overwrite: bool, verbose: int) -> None:
     """Write a synthetic labelled BIDS cohort with known paracingulate sulci to BIDS_DIR.
 
     Raw T1w images go to BIDS_DIR, labels (1 left PCS, 2 right PCS) and classes
-    (absent / present / prominent) to BIDS_DIR/derivatives/pcs-labels.
+    (absent / present / prominent) to BIDS_DIR/derivatives/pcs-labels; the
+    README there lists every option and its value.
     """
-    from bids_pcs.synth.cohort import SynthOptions, make_cohort
+    from bids_pcs.synth.cohort import make_cohort
 
-    stripped = stripped_fraction if stripped_fraction is not None else (0.0 if skull else 1.0)
-    fields = {
-        "sessions_fraction": sessions_fraction,
-        "stripped_fraction": stripped,
-        "anatomy": _ANATOMY_CHOICES[anatomy],
-        "deformation_mm": deformation_mm,
-        "figure": figure,
-        "nprocs": nprocs,
-        "overwrite": overwrite,
-    }
-    if voxel_sizes:
-        fields["voxel_sizes"] = voxel_sizes
-    if orientations:
-        fields["orientations"] = orientations
     try:
-        summary = make_cohort(bids_dir, participants, seed, SynthOptions(**fields))
+        options = _options(preset, changes, sessions_fraction=sessions_fraction, skull=skull,
+                           stripped_fraction=stripped_fraction, voxel_sizes=voxel_sizes,
+                           orientations=orientations, anatomy=anatomy,
+                           deformation_mm=deformation_mm, figure=figure, nprocs=nprocs,
+                           overwrite=overwrite)
+    except (TypeError, ValueError, KeyError, AttributeError, BidsPcsError) as exc:
+        raise click.BadParameter(f"{exc}", param_hint="--set") from exc
+    try:
+        summary = make_cohort(bids_dir, participants, seed, options)
     except BidsPcsError as exc:
         if verbose:
             raise
@@ -127,5 +155,70 @@ def main(bids_dir: Path, participants: int, seed: int, sessions_fraction: float,
         text = ", ".join(f"{c} {n}" for c, n in counts[hemi].items())
         click.echo(f"  {'left' if hemi == 'L' else 'right'} PCS: {text}")
     click.echo(f"Labels: {summary.labels_dir}")
-    if summary.figure:
-        click.echo(f"Figure: {summary.figure}")
+    for figure_path in (summary.figure, summary.distractor_figure):
+        if figure_path:
+            click.echo(f"Figure: {figure_path}")
+
+
+def _options(preset: str, changes: dict[str, Any], *, sessions_fraction: float | None,
+             skull: bool | None, stripped_fraction: float | None, voxel_sizes, orientations,
+             anatomy: str, deformation_mm: float | None, figure: bool, nprocs: int,
+             overwrite: bool):
+    """The preset's options, then the flags, then ``--set`` values (typed as the fields)."""
+    import dataclasses
+
+    from bids_pcs.config import build_dataclass
+    from bids_pcs.synth.options import SynthOptions
+
+    options = SynthOptions.from_preset(preset, anatomy=_ANATOMY_CHOICES[anatomy],
+                                       figure=figure, nprocs=nprocs, overwrite=overwrite)
+    flags: dict[str, Any] = {}
+    if sessions_fraction is not None:
+        flags["sessions_fraction"] = sessions_fraction
+    if stripped_fraction is not None:
+        flags["stripped_fraction"] = stripped_fraction
+    elif skull is not None:
+        flags["stripped_fraction"] = 0.0 if skull else 1.0
+    if deformation_mm is not None:
+        flags["deformation_mm"] = deformation_mm
+    if orientations:
+        flags["orientations"] = orientations
+    if voxel_sizes:
+        flags["voxel_sizes"] = voxel_sizes
+        flags["sites"] = tuple(dataclasses.replace(s, voxel_mm=None) for s in options.sites)
+    options = options.replace(**flags)
+    if not changes:
+        return options
+    # type the --set values as the fields are typed (tuples, nested options)
+    nested: dict[str, Any] = {}
+    for key, value in changes.items():
+        *heads, leaf = key.split(".")
+        node = nested
+        for head in heads:
+            node = node.setdefault(head, {})
+        node[leaf] = value
+    merged = _merge(_as_dict(options), nested)
+    return build_dataclass(SynthOptions, merged, "synth")
+
+
+def _as_dict(options) -> dict[str, Any]:
+    import dataclasses
+
+    # one level of nested options as mappings, so --set can reach into them
+    return {f.name: (dataclasses.asdict(getattr(options, f.name))
+                     if dataclasses.is_dataclass(getattr(options, f.name)) else
+                     [dataclasses.asdict(s) for s in getattr(options, f.name)]
+                     if f.name == "sites" else getattr(options, f.name))
+            for f in dataclasses.fields(options)}
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in changes.items():
+        if key not in base:
+            raise KeyError(f"{key!r} is not an option (see the cohort README)")
+        if isinstance(value, dict) and isinstance(base[key], dict):
+            out[key] = _merge(base[key], value)
+        else:
+            out[key] = value
+    return out

@@ -1,10 +1,11 @@
 """From tissue levels to the intensities a scanner would have written.
 
-Per acquisition: tissue intensities (a T1w contrast: CSF dark, grey matter
-darker than white matter, fat bright), a smooth multiplicative bias field
-(receive-coil inhomogeneity), Rician noise (the magnitude of a complex signal
-with Gaussian noise in both channels), and a scaling to integers as a scanner
-stores them.
+Per acquisition: tissue intensities (a T1w contrast of an MPRAGE-like or
+SPGR-like family: CSF dark, grey matter darker than white matter, fat
+bright), a smooth multiplicative bias field (receive-coil inhomogeneity),
+k-space artefacts (ringing, motion ghosts; :mod:`bids_pcs.synth.artefacts`),
+Rician noise (the magnitude of a complex signal with Gaussian noise in both
+channels), and a scaling to integers as a scanner stores them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bids_pcs.synth import anatomy
+from bids_pcs.synth.artefacts import KspaceArtefacts
 from bids_pcs.synth.deformation import separable_bspline_field
 
 _LUT_STEP = 1.0 / 256
@@ -43,13 +45,25 @@ class Contrast:
         return levels, [0.0, self.csf, self.gm, 1.0, self.bright]
 
 
+# per family: ranges of CSF, grey matter and brightest-tissue intensity (white matter = 1).
+# MPRAGE-like: dark CSF, strong grey/white contrast, fat not much brighter than
+# white matter; SPGR-like: brighter CSF, weaker grey/white contrast, very bright
+# fat; "mixed" spans both (the easy preset's single contrast model).
+FAMILY_RANGES: dict[str, tuple[tuple[float, float], ...]] = {
+    "mixed": ((0.12, 0.32), (0.55, 0.72), (1.25, 1.8)),
+    "mprage": ((0.08, 0.20), (0.50, 0.62), (1.05, 1.40)),
+    "spgr": ((0.20, 0.34), (0.64, 0.78), (1.50, 2.10)),
+}
+
+
 def draw_contrast(rng: np.random.Generator, *, noise_range: tuple[float, float],
-                  bias_strength: float) -> Contrast:
-    """A plausible T1w contrast (MPRAGE- to SPGR-like), bias field and noise level."""
+                  bias_strength: float, family: str = "mixed") -> Contrast:
+    """A plausible T1w contrast of ``family`` (see ``FAMILY_RANGES``), bias field and noise."""
+    csf, gm, bright = FAMILY_RANGES[family]
     return Contrast(
-        csf=float(rng.uniform(0.12, 0.32)),
-        gm=float(rng.uniform(0.55, 0.72)),
-        bright=float(rng.uniform(1.25, 1.8)),
+        csf=float(rng.uniform(*csf)),
+        gm=float(rng.uniform(*gm)),
+        bright=float(rng.uniform(*bright)),
         bias_coefficients=rng.normal(0.0, bias_strength, size=(5, 5, 5)),
         noise=float(rng.uniform(*noise_range)),
         scale=float(rng.uniform(600.0, 2500.0)),
@@ -57,14 +71,17 @@ def draw_contrast(rng: np.random.Generator, *, noise_range: tuple[float, float],
 
 
 def render(levels: np.ndarray, contrast: Contrast, rng: np.random.Generator,
-           *, background_zero: np.ndarray | None = None) -> np.ndarray:
-    """int16 image of ``levels`` under ``contrast`` (bias, Rician noise, scaling).
+           *, background_zero: np.ndarray | None = None,
+           kspace: KspaceArtefacts | None = None) -> np.ndarray:
+    """int16 image of ``levels`` under ``contrast`` (bias, artefacts, Rician noise, scaling).
 
     Args:
         levels: tissue levels on the scanner grid.
         contrast: the acquisition's intensities.
         rng: draws the noise.
         background_zero: where a skull-stripped image is exactly zero.
+        kspace: ringing and motion ghosting, applied to the signal before the
+            noise (the noise of a scanner is white in k-space, not ringing).
     """
     knots, values = contrast.curve()
     # a fine lookup table is ~20x faster than np.interp on millions of voxels
@@ -78,6 +95,8 @@ def render(levels: np.ndarray, contrast: Contrast, rng: np.random.Generator,
     # B-spline weights are non-negative, so a field built from exp(coefficients)
     # is a smooth positive gain without an exp over millions of voxels
     signal *= separable_bspline_field(np.exp(contrast.bias_coefficients), levels.shape)
+    if kspace is not None and kspace.any:
+        signal = kspace.apply(signal)
     sigma = np.float32(contrast.noise)
     noise = rng.standard_normal(levels.shape, dtype=np.float32)
     noise *= sigma
