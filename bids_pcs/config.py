@@ -259,6 +259,20 @@ class StudySettings:
 
 
 @dataclass(frozen=True)
+class SynthSettings:
+    """The synthetic cohort the demo writes (``bids_pcs.synth``).
+
+    ``preset`` is ``benchmark`` (folds among unlabelled neighbouring sulci,
+    sites, artefacts, cited prevalence) or ``easy`` (the carved-sheet cohort
+    the fast tests use); ``options`` change single fields of it, as
+    ``bids_pcs-synth --set`` does (e.g. ``{deformation_mm = 2.0}``).
+    """
+
+    preset: str = "benchmark"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class RunSettings:
     """What the command line says about this one run."""
 
@@ -303,6 +317,7 @@ class Settings:
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     inference: InferenceSettings = field(default_factory=InferenceSettings)
     study: StudySettings = field(default_factory=StudySettings)
+    synth: SynthSettings = field(default_factory=SynthSettings)
 
     def replace(self, **sections: dict[str, Any]) -> Settings:
         """A copy with some fields of some sections changed: ``replace(run={"seed": 3})``."""

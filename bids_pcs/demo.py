@@ -177,7 +177,7 @@ def run_demo(settings, n_participants: int, held_out_fraction: float) -> DemoRes
     with clock("cohort"):
         _step(1, f"synthetic cohort of {n_participants} participants -> {raw_dir}")
         summary = ensure_cohort(raw_dir, n_participants, settings.run.seed,
-                                settings.run.nprocs)
+                                settings.run.nprocs, settings.synth)
 
     train, held_out = split_participants(summary, held_out_fraction, settings.run.seed)
     LOGGER.info("Training participants (%d): %s; held out (%d): %s", len(train),
@@ -247,30 +247,54 @@ def check_output_dir(output_dir: Path) -> None:
                           "dataset of an earlier run; choose a new or empty directory.")
 
 
-def ensure_cohort(raw_dir: Path, n_participants: int, seed: int, nprocs: int):
+def ensure_cohort(raw_dir: Path, n_participants: int, seed: int, nprocs: int, synth=None):
     """The synthetic cohort in ``raw_dir``: made, or reused when an earlier run made the same.
 
+    Args:
+        raw_dir: where the cohort goes.
+        n_participants, seed: its size and seed.
+        nprocs: processes that make it.
+        synth: :class:`bids_pcs.config.SynthSettings` (preset and changed options;
+            the benchmark preset when ``None``).
+
     Raises:
-        OutputError: ``raw_dir`` holds another cohort (other size or seed).
+        OutputError: ``raw_dir`` holds another cohort (other size, seed or options).
     """
+    from bids_pcs.config import RecipeError, SynthSettings
     from bids_pcs.synth import SynthOptions, make_cohort
     from bids_pcs.synth.bids_writer import LABELS_SUBDIR
+    from bids_pcs.synth.options import apply_changes, data_options
 
+    synth = synth or SynthSettings()
+    try:
+        options = apply_changes(SynthOptions.from_preset(synth.preset, nprocs=nprocs,
+                                                         figure_images=4), synth.options)
+    except (KeyError, ValueError) as exc:
+        raise RecipeError(f"[synth] preset {synth.preset!r} with options {synth.options} is "
+                          f"not a synthetic cohort ({exc}); fix the recipe or --set.") from exc
     provenance = raw_dir / "code" / "synth_options.json"
     if provenance.is_file():
         made = json.loads(provenance.read_text())
-        if (made.get("participants"), made.get("seed")) != (n_participants, seed):
+        same = (made.get("participants"), made.get("seed")) == (n_participants, seed) \
+            and data_options(made.get("options", {})) == data_options(_plain(options))
+        if not same:
             raise OutputError(
                 f"{raw_dir} holds a demo cohort of {made.get('participants')} participants "
-                f"(seed {made.get('seed')}); use a new OUTPUT_DIR for {n_participants} "
-                f"participants with seed {seed}.")
+                f"(seed {made.get('seed')}) made with other options; use a new OUTPUT_DIR "
+                f"for {n_participants} participants with seed {seed} and preset "
+                f"{synth.preset}.")
         LOGGER.info("Reusing the synthetic cohort in %s", raw_dir)
         return _CohortOnDisk(raw_dir, raw_dir / LABELS_SUBDIR, _read_participants(raw_dir))
-    summary = make_cohort(raw_dir, n_participants, seed=seed,
-                          options=SynthOptions(nprocs=nprocs, figure_images=4))
+    summary = make_cohort(raw_dir, n_participants, seed=seed, options=options)
     LOGGER.info("Cohort written in %.0f s: left %s, right %s", summary.seconds,
                 summary.class_counts["L"], summary.class_counts["R"])
     return _CohortOnDisk(raw_dir, summary.labels_dir, summary.participants)
+
+
+def _plain(options) -> dict[str, Any]:
+    import dataclasses
+
+    return json.loads(json.dumps(dataclasses.asdict(options), default=list))
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """One small demo run per test session, shared by the demo and inference tests.
 
 Registration is the expensive part of any test that touches real images, so
-the demo's output (a synthetic cohort of four participants, all preprocessed
-with the ``demo`` recipe, a pre-trained and a briefly fine-tuned model, one
+the demo's output (a synthetic cohort of four participants of the easy preset,
+all preprocessed with the ``demo`` recipe, a pre-trained and a briefly fine-tuned model, one
 held-out participant inferred, the group level) serves both test modules:
 the demo tests check what it printed and wrote, the inference tests run
 ``participant --model`` on the other participants, whose crops already exist.
@@ -64,6 +64,8 @@ def demo_run(tmp_path_factory) -> DemoRun:
         done = subprocess.run(
             [*command, str(root / "out"), "--participants", str(PARTICIPANTS),
              "--set", "pretrain.epochs=1", "--set", "finetune.epochs=3",
+             # the easy cohort: the inference tests rely on its plainly carved sulci
+             "--set", "synth.preset=easy",
              "--nprocs", "2", "--omp-nthreads", "2", "--device", "cpu",
              "-w", str(root / "work")],
             capture_output=True, text=True, timeout=600, check=False)

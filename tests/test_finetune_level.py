@@ -34,8 +34,8 @@ def cohort(tmp_path_factory):
     from bids_pcs.preprocess import preprocess_images
 
     root = tmp_path_factory.mktemp("finetune")
-    summary = make_cohort(root / "bids", 4, seed=0, options=SynthOptions(
-        anatomy=("MNI152NLin2009aSym",), figure=False))
+    summary = make_cohort(root / "bids", 4, seed=0, options=SynthOptions.from_preset(
+        "easy", anatomy=("MNI152NLin2009aSym",), figure=False))
     output_dir = root / "out"
     settings = load_settings(RECIPE, overrides={"run": {
         "bids_dir": str(summary.bids_dir), "output_dir": str(output_dir),

@@ -50,7 +50,7 @@ def _study_command(summary, output_dir, work_dir, cohort):
 def study_run(tmp_path_factory):
     """(cohort summary, output_dir, first run, seconds, second run, seconds, first table)."""
     root = tmp_path_factory.mktemp("study")
-    options = SynthOptions(anatomy=("MNI152NLin2009aSym",), figure=False)
+    options = SynthOptions.from_preset("easy", anatomy=("MNI152NLin2009aSym",), figure=False)
     summary = make_cohort(root / "bids", 7, seed=0, options=options)
     _unlabel(summary, UNLABELLED)
     cohort = make_cohort(root / "cohort", 1, seed=1, options=options).bids_dir

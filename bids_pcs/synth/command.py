@@ -167,8 +167,7 @@ def _options(preset: str, changes: dict[str, Any], *, sessions_fraction: float |
     """The preset's options, then the flags, then ``--set`` values (typed as the fields)."""
     import dataclasses
 
-    from bids_pcs.config import build_dataclass
-    from bids_pcs.synth.options import SynthOptions
+    from bids_pcs.synth.options import SynthOptions, apply_changes
 
     options = SynthOptions.from_preset(preset, anatomy=_ANATOMY_CHOICES[anatomy],
                                        figure=figure, nprocs=nprocs, overwrite=overwrite)
@@ -187,38 +186,5 @@ def _options(preset: str, changes: dict[str, Any], *, sessions_fraction: float |
         flags["voxel_sizes"] = voxel_sizes
         flags["sites"] = tuple(dataclasses.replace(s, voxel_mm=None) for s in options.sites)
     options = options.replace(**flags)
-    if not changes:
-        return options
-    # type the --set values as the fields are typed (tuples, nested options)
-    nested: dict[str, Any] = {}
-    for key, value in changes.items():
-        *heads, leaf = key.split(".")
-        node = nested
-        for head in heads:
-            node = node.setdefault(head, {})
-        node[leaf] = value
-    merged = _merge(_as_dict(options), nested)
-    return build_dataclass(SynthOptions, merged, "synth")
+    return apply_changes(options, changes)
 
-
-def _as_dict(options) -> dict[str, Any]:
-    import dataclasses
-
-    # one level of nested options as mappings, so --set can reach into them
-    return {f.name: (dataclasses.asdict(getattr(options, f.name))
-                     if dataclasses.is_dataclass(getattr(options, f.name)) else
-                     [dataclasses.asdict(s) for s in getattr(options, f.name)]
-                     if f.name == "sites" else getattr(options, f.name))
-            for f in dataclasses.fields(options)}
-
-
-def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in changes.items():
-        if key not in base:
-            raise KeyError(f"{key!r} is not an option (see the cohort README)")
-        if isinstance(value, dict) and isinstance(base[key], dict):
-            out[key] = _merge(base[key], value)
-        else:
-            out[key] = value
-    return out

@@ -188,6 +188,54 @@ class SynthOptions:
         raise KeyError(name)
 
 
+def apply_changes(options: SynthOptions, changes: dict[str, Any]) -> SynthOptions:
+    """``options`` with ``changes`` ({"name": value} or {"section.name": value}, values as
+    TOML gives them: lists for tuples), typed and checked as a recipe is.
+
+    Raises:
+        KeyError: a name that is no option.
+        bids_pcs.config.RecipeError: a value of the wrong type.
+    """
+    from bids_pcs.config import build_dataclass
+
+    if not changes:
+        return options
+    nested: dict[str, Any] = {}
+    for key, value in changes.items():
+        *heads, leaf = key.split(".")
+        node = nested
+        for head in heads:
+            node = node.setdefault(head, {})
+        node[leaf] = value
+    return build_dataclass(SynthOptions, _merge(_as_dict(options), nested), "synth")
+
+
+def _as_dict(options: SynthOptions) -> dict[str, Any]:
+    # nested options and sites as mappings, so changes can reach into them
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
+        if dataclasses.is_dataclass(value):
+            out[f.name] = dataclasses.asdict(value)  # type: ignore[arg-type]
+        elif f.name == "sites":
+            out[f.name] = [dataclasses.asdict(s) for s in value]
+        else:
+            out[f.name] = value
+    return out
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in changes.items():
+        if key not in base:
+            raise KeyError(f"{key!r} is not an option (see the cohort README)")
+        if isinstance(value, dict) and isinstance(base[key], dict):
+            out[key] = _merge(base[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def _replace_nested(value: Any, changes: dict[str, Any]) -> Any:
     flat: dict[str, Any] = {}
     for key, item in changes.items():
@@ -236,6 +284,11 @@ def closest_preset(options: SynthOptions) -> tuple[str, list[str]]:
             best = (name, changed)
     assert best is not None
     return best
+
+
+def data_options(plain: dict[str, Any]) -> dict[str, Any]:
+    """A plain (JSON) options mapping without the fields that change no data."""
+    return {k: v for k, v in plain.items() if k not in _NOT_THE_DATA}
 
 
 def preset_of(options: SynthOptions) -> str | None:
