@@ -53,6 +53,8 @@ class DemoResult:
         dice_labelled: mean Dice over held-out hemispheres whose truth has a sulcus.
         presence_accuracy: share of held-out hemispheres whose presence
             (absent vs present/prominent) is right.
+        presence_balanced_accuracy: mean of the presence sensitivity and
+            specificity (the benchmark's classes are not balanced).
         accuracy_3class: share whose class is exactly right.
         n_hemispheres: hemispheres scored.
         train, held_out: participant labels of each part.
@@ -64,6 +66,7 @@ class DemoResult:
     dice_labelled: float
     presence_accuracy: float
     accuracy_3class: float
+    presence_balanced_accuracy: float
     n_hemispheres: int
     train: list[str]
     held_out: list[str]
@@ -385,6 +388,7 @@ def score_held_out(settings, held_out: list[str]) -> DemoResult:
         dice=float(np.mean([r["dice"] for r in rows])),
         dice_labelled=float(np.mean(labelled)) if labelled else float("nan"),
         presence_accuracy=presence.accuracy,
+        presence_balanced_accuracy=presence.balanced_accuracy,
         accuracy_3class=metrics.three_class_accuracy(true_classes, predicted),
         n_hemispheres=len(rows), train=[], held_out=held_out, per_hemisphere=rows)
 
@@ -399,7 +403,8 @@ def format_summary(result: DemoResult, output_dir: Path) -> str:
         f"{len(result.held_out)} held-out participants ({result.n_hemispheres} hemispheres).",
         f"  held-out Dice (native T1w grid, all hemispheres): {result.dice:.3f}",
         f"  held-out Dice (hemispheres with a labelled sulcus): {result.dice_labelled:.3f}",
-        f"  held-out presence accuracy: {result.presence_accuracy:.3f}",
+        f"  held-out presence accuracy: {result.presence_accuracy:.3f} (balanced "
+        f"{result.presence_balanced_accuracy:.3f})",
         f"  held-out 3-class accuracy: {result.accuracy_3class:.3f}",
         f"  wall time: {total:.0f} s ({steps})",
         f"Outputs in {output_dir}:",

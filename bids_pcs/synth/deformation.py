@@ -50,11 +50,19 @@ class Shape:
             for k in range(3)
         ], axis=1)
 
-    def undeform(self, points_mm: np.ndarray, iterations: int = 30) -> np.ndarray:
-        """r with r + u(r) = q for template points q (fixed point; u is small and smooth)."""
+    def undeform(self, points_mm: np.ndarray, iterations: int = 30,
+                 tolerance_mm: float = 1e-6) -> np.ndarray:
+        """r with r + u(r) = q for template points q (fixed point; u is small and smooth).
+
+        Stops once no point moves by more than ``tolerance_mm``.
+        """
         r = points_mm.copy()
         for _ in range(iterations):
-            r = points_mm - self.displacement(r)
+            updated = points_mm - self.displacement(r)
+            moved = float(np.abs(updated - r).max()) if len(r) else 0.0
+            r = updated
+            if moved < tolerance_mm:
+                break
         return r
 
 
