@@ -79,7 +79,7 @@ def distractor_figure(items: Sequence[tuple[Path, nib.Nifti1Image, dict]], out_p
                       ) -> Path | None:
     """A PNG of the PCS label among the unlabelled sulci around it, per image.
 
-    Per image, one row: for each hemisphere a sagittal slice 5 mm from the
+    Per image, one row: for each hemisphere a sagittal slice 3.5 mm from the
     midline and a coronal slice through the PCS (or the paracingulate band),
     every carved sulcus outlined in its colour (the PCS label in red).
 
@@ -114,7 +114,10 @@ def distractor_figure(items: Sequence[tuple[Path, nib.Nifti1Image, dict]], out_p
         pcs = np.argwhere(sulci == SULCUS_CODES["pcs"])
         for k, side in enumerate(("left", "right")):
             point = points[side]
-            x = int(np.clip(round(point[0]), 0, image.shape[0] - 1))
+            # 3.5 mm from the midline (the medial points are at 5 mm): the shallow
+            # dimples reach this far too
+            x = int(np.clip(round(midline + 0.7 * (point[0] - midline)), 0,
+                            image.shape[0] - 1))
             mine = pcs[(pcs[:, 0] < midline) == (side == "left")]
             yc = int(np.median(mine[:, 1])) if len(mine) else int(round(point[1]))
             y0, z0 = int(round(point[1])), int(round(point[2]))
