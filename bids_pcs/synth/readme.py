@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bids_pcs.synth import prevalence as cited
+from bids_pcs.synth.population import EASY_PREVALENCE
 
 
 def cohort_readme(*, n: int, seed: int, sources: Sequence[str], options: Any,
@@ -64,16 +65,18 @@ def _sulcus_section(options: Any) -> str:
             "it cuts white matter the fold is CSF lined by cortex, as a real sulcus is. "
             f"The fundus reaches |x| = {_range(pcs.depth_mm)} mm and shallows to "
             f"{pcs.min_depth_mm:g} mm at the ends."]
-    if pcs.variation > 0:
+    if pcs.variation > 0 or pcs.width_variation > 0:
         text.append(f"Depth and width change smoothly along the course (up to "
-                    f"+-{100 * pcs.variation:.0f} %), and the CSF core narrows by "
-                    f"{100 * pcs.end_narrowing:.0f} % towards the ends.")
+                    f"+-{100 * pcs.variation:.0f} % and +-{100 * pcs.width_variation:.0f} %), "
+                    f"the CSF core narrows by {100 * pcs.end_narrowing:.0f} % towards the ends "
+                    f"and closes by {100 * pcs.collapse:.0f} % towards the fundus (seen there by "
+                    "partial volume only), and the sheet bends in coronal view.")
     if interrupted > 0:
         text.append(f"With probability {interrupted:.2f} the sulcus is interrupted by gyral "
                     f"bridges of {_range(pcs.bridge_mm)} mm into two (p {pcs.segments[1]:.2f}) "
                     f"or three (p {pcs.segments[2]:.2f}) segments; its length, and so its "
                     "class, is the sum of the segments' lengths (Garrison et al. 2015).")
-    return " ".join(text[:2]) + "\n" + " ".join(text[2:]) + "\n"
+    return text[0] + "\n\n" + " ".join(text[2:]) + "\n"
 
 
 def _base_sulci_section(options: Any) -> str:
@@ -81,14 +84,14 @@ def _base_sulci_section(options: Any) -> str:
             "radius: a sulcus narrower than about 6 mm in that plane, its CSF and the grey "
             "banks on both walls, closes as if the two gyri had never been folded apart "
             "(white matter where they had white cores, grey matter where the plane cuts the "
-            "cortex of the medial surface, and never above grey matter within 4 mm of the "
-            "midline, so the interhemispheric fissure stays lined with cortex; the fissure "
-            "itself, which fills whole sagittal planes, stays). ")
+            "cortex of the medial surface; the interhemispheric fissure, which fills whole "
+            "sagittal planes, stays). ")
     if options.base_sulci == "medial_wall":
         where = ("This is done within 8 mm of the PCS arc and within 4.5 mm of the cingulate "
                  "sulcus' arc (|x| up to 18 mm, fading out over the last 1.5 mm of each tube "
-                 "and 3 mm in x), before anything is carved; the cingulate sulcus is then "
-                 "carved anew for each participant.")
+                 "and 3 mm in x), never raising anything above grey matter within 4 mm of "
+                 "the midline (so the fissure stays lined with cortex), before anything is "
+                 "carved; the cingulate sulcus is then carved anew for each participant.")
     else:
         where = "This is done within 4 mm of the PCS arc before the PCS is carved."
     return ("## The base brains' own sulci\n\nThe base brains' sulci in the paracingulate "
@@ -123,7 +126,8 @@ def _distractor_section(options: Any) -> str:
         return f"## Neighbouring sulci\n\nNo distractor sulci are carved. {short}\n"
     listed = "; ".join(items)
     return ("## Neighbouring sulci (distractors)\n\nCarved with the same fold model but "
-            f"never labelled, clear of the PCS's banks: {listed}. {short} "
+            "never labelled, their CSF at least a grey bank away from the PCS's and from "
+            f"each other's: {listed}. {short} "
             "`code/pcs_distractors.png` shows them beside the PCS label.\n")
 
 
@@ -144,6 +148,9 @@ def _prevalence_section(options: Any) -> str:
             "because the consistent finding is a leftward asymmetry of prominent sulci "
             "(Paus et al. 1996, Cereb Cortex; Yuecel et al. 2001; Le Provost et al. 2003; "
             "Fornito et al. 2004).")
+    elif dict(p) == EASY_PREVALENCE:
+        text.append("Round numbers in the range reported for healthy adults (the easy "
+                    "preset's; not a cited set of figures).")
     else:
         text.append("These figures were set for this cohort (not the cited defaults).")
     if options.concordance is not None:
@@ -182,7 +189,9 @@ inhomogeneity (p {a.strong_bias_probability:g}), defacing of images with skull (
 
 def _range(pair: Sequence[float]) -> str:
     low, high = pair
-    return f"{low:g}" if low == high else f"{low:g}-{high:g}"
+    if low == high:
+        return f"{low:g}"
+    return f"{low:g} to {high:g}" if low < 0 else f"{low:g}-{high:g}"
 
 
 def _value(value: Any) -> str:

@@ -37,8 +37,9 @@ class Site:
     def describe(self) -> str:
         size = "x".join(f"{v:g}" for v in self.voxel_mm) + " mm" if self.voxel_mm else \
             "voxel size drawn per image"
-        return f"{self.contrast.upper() if self.contrast != 'mixed' else 'mixed'}-like " \
-               f"T1w contrast, {size}"
+        family = f"{self.contrast.upper()}-like T1w contrast" if self.contrast != "mixed" \
+            else "T1w contrast from the MPRAGE-like to the SPGR-like range"
+        return f"{family}, {size}"
 
 
 # three sites: two MPRAGE-like at different resolutions, one SPGR-like
