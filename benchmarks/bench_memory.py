@@ -63,8 +63,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        summary = make_cohort(root / "bids", args.images, seed=1, options=SynthOptions(
-            anatomy=("MNI152NLin2009aSym",), figure=False,
+        summary = make_cohort(root / "bids", args.images, seed=1, options=SynthOptions.from_preset(
+            "easy", anatomy=("MNI152NLin2009aSym",), figure=False,
             voxel_sizes=((args.voxel_mm,) * 3,)))
         print("options\tplan\tplanned_peak_gb\tmeasured_peak_gb\tseconds")
         for i, options in enumerate(SETTINGS):

@@ -153,8 +153,8 @@ class TreeMemory:
 
 @pytest.mark.slow
 def test_a_low_mem_gb_runs_one_image_at_a_time_and_stays_under_it(tmp_path):
-    summary = make_cohort(tmp_path / "bids", 2, seed=1, options=SynthOptions(
-        anatomy=("MNI152NLin2009aSym",), figure=False, voxel_sizes=((1.0, 1.0, 1.0),)))
+    summary = make_cohort(tmp_path / "bids", 2, seed=1, options=SynthOptions.from_preset(
+        "easy", anatomy=("MNI152NLin2009aSym",), figure=False, voxel_sizes=((1.0, 1.0, 1.0),)))
     out = tmp_path / "out"
     limit_gb = 1.0
     command = [sys.executable, "-m", "bids_pcs.cli", str(summary.bids_dir), str(out),

@@ -51,8 +51,8 @@ def array_run():
     """A synthetic dataset run through submit_participants.sh; everything the tests read."""
     shared = require_cluster()
     root = shared_workspace(shared, "participant-array")
-    summary = make_cohort(root / "bids", 4, seed=3, options=SynthOptions(
-        anatomy=("MNI152NLin2009aSym",), figure=False, voxel_sizes=((1.5, 1.5, 1.5),)))
+    summary = make_cohort(root / "bids", 4, seed=3, options=SynthOptions.from_preset(
+        "easy", anatomy=("MNI152NLin2009aSym",), figure=False, voxel_sizes=((1.5, 1.5, 1.5),)))
     broken = next((summary.bids_dir / f"sub-{BROKEN}" / "anat").glob("*_T1w.nii.gz"))
     whole = broken.read_bytes()
     broken.write_bytes(whole[: len(whole) // 3])  # a copy cut short
