@@ -234,3 +234,4 @@ def test_cli_writes_a_cohort(tmp_path):
     # skull-stripped: the background is exactly zero
     assert (np.asarray(t1w.dataobj)[:5, :5, :5] == 0).all()
     assert "left PCS" in result.output
+    assert "--preset benchmark --seed 2`" in (tmp_path / "c" / "README").read_text()

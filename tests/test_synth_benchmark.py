@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from scipy import ndimage
 
-from bids_pcs.config import PCS_CLASSES, LabelSettings
+from bids_pcs.config import PCS_CLASSES, LabelSettings, Settings, load_settings
 from bids_pcs.synth import (
     SynthOptions,
     anatomy,
@@ -85,17 +85,19 @@ def test_pcs_is_a_fold_with_grey_banks_on_both_sides_in_the_image():
         normals = pcs_geometry.arc_normals(course.arc)[
             np.clip(np.round(course.start_mm / 0.25).astype(int) + np.arange(len(s_mm)) * 8, 0,
                     len(pcs_geometry.dense_arc(course.arc)) - 1)]
-        x = course.side * 5.0
+        # 7 mm from the midline: below the medial cortex, where without banks the
+        # walls would be white matter (at 5 mm they are grey either way)
+        x = course.side * 7.0
         sides = []
         for sign in (-1.0, 1.0):
             d = course.half_width_mm + 0.7 + course.bank_mm / 2
             yz = centre + sign * d * normals
             points = np.column_stack([np.full(len(yz), x), yz[:, 0],
-                                      yz[:, 1] + course.sheet_z_mm(5.0)])[inside]
+                                      yz[:, 1] + course.sheet_z_mm(7.0)])[inside]
             sides.append(_sample(acq.t1w, deformation.scanner_points(
                 points, result.shape, deformation.Pose(np.eye(4)))))
         core = np.column_stack([np.full(len(centre), x), centre[:, 0],
-                                centre[:, 1] + course.sheet_z_mm(5.0)])[inside]
+                                centre[:, 1] + course.sheet_z_mm(7.0)])[inside]
         middle = _sample(acq.t1w, deformation.scanner_points(core, result.shape,
                                                              deformation.Pose(np.eye(4))))
         for values in sides:
@@ -302,6 +304,9 @@ def test_presets_and_cli_options(tmp_path):
     assert preset_of(easy) == "easy" and preset_of(SynthOptions()) == "benchmark"
     assert easy.base_sulci == "pcs_band" and not easy.distractors.any
     assert easy.pcs == pcs_geometry.SulcusShape() and easy.concordance is None
+    # the benchmark is what the demo (its recipe and the settings' default) writes
+    assert Settings().synth.preset == "benchmark"
+    assert load_settings("demo").synth.preset == "benchmark"
     runner = CliRunner()
     result = runner.invoke(main, [str(tmp_path / "c"), "-n", "1", "--preset", "easy",
                                   "--set", "distractors.dimples=[0,4]", "--set",
