@@ -99,7 +99,7 @@ def run_preset(args: argparse.Namespace, preset: str) -> list[dict]:
             "presence_balanced_accuracy": result.presence_balanced_accuracy,
             "accuracy_3class": result.accuracy_3class,
             "finetune_seconds": round(trained, 1), "prepare_seconds": round(prepared, 1),
-            "best_epoch": card.get("metrics", {}).get("best_epoch"),
+            "best_epoch": card.get("training", {}).get("best_epoch"),
             "load_average": os.getloadavg()[0],
         })
         print(_line(rows[-1]), flush=True)
