@@ -6,7 +6,9 @@ minute on two cores while the crops only need millimetre accuracy:
 0. *Like with like.*  The template is skull-stripped, so the moving image is
    too, roughly (:mod:`bids_pcs.spatial.brainmask`); otherwise scalp, skull
    and neck pull the mutual information towards a wrong, larger "brain".
-   This masked copy only drives the whole-brain stages.
+   This masked copy only drives the whole-brain stages.  An image that is
+   skull-stripped already (``skull_stripped``, :mod:`bids_pcs.spatial.skullstrip`)
+   is its own brain and is used as it is.
 1. *Initialisation* without trusting the header's origin (scanner coordinates
    are often far from the template's): the centres of the top
    ``_CENTRE_SLAB_MM`` of both brains are matched, then a two-round
