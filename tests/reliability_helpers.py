@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import io
 import json
@@ -482,10 +483,18 @@ def free_bytes(path: Path) -> int:
 def fill_disk(folder: Path, leave_bytes: int = 0, name: str = ".filler") -> Path:
     """Allocate a hidden file so that about ``leave_bytes`` stay free on ``folder``'s disk."""
     filler = folder / name
-    size = free_bytes(folder) - leave_bytes
     with open(filler, "ab") as handle:
-        if size > 0:
-            os.posix_fallocate(handle.fileno(), handle.seek(0, 2), size)
+        for _ in range(50):
+            size = free_bytes(folder) - leave_bytes
+            if size <= 0:
+                break
+            try:
+                os.posix_fallocate(handle.fileno(), handle.seek(0, 2), size)
+                break
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                # a running app wrote between the measure and the allocation: measure again
     return filler
 
 
