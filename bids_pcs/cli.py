@@ -190,7 +190,9 @@ def _validate_device(_ctx: click.Context, _param: click.Parameter, value: str) -
               help="[finetune] Fine-tuning strategy (default: the recipe's; a wrong name "
                    "lists the registered ones).")
 @click.option("--labels", type=click.Path(path_type=Path),
-              help="[finetune, study] BIDS derivative dataset with PCS labels.")
+              help="[finetune, study] PCS labels: a label dataset (masks and/or a "
+                   "participants.tsv with classes), a TSV/CSV class table, or a folder of "
+                   "rating files saved from the reports.")
 @click.option("--pretrain-data", "--pretrain_data", "pretrain_data", multiple=True,
               type=click.Path(path_type=Path), metavar="DIR [DIR ...]",
               help="[pretrain, study] Further BIDS datasets (other participants, labelled or "
@@ -306,9 +308,11 @@ def check_level_options(options: dict[str, Any]) -> None:
         if not options.get("init"):
             raise click.UsageError("finetune needs --init MODEL_DIR or --init scratch.")
         if not options.get("labels"):
-            raise click.UsageError("finetune needs --labels LABELS_DIR (a PCS label dataset).")
+            raise click.UsageError("finetune needs --labels LABELS (a PCS label dataset, a "
+                                   "class table or a folder of rating files).")
     if level == "study" and not options.get("labels"):
-        raise click.UsageError("study needs --labels LABELS_DIR (a PCS label dataset).")
+        raise click.UsageError("study needs --labels LABELS (a PCS label dataset, a class "
+                               "table or a folder of rating files).")
 
 
 def build_settings(options: dict[str, Any]):
@@ -469,9 +473,9 @@ def check_paths(settings) -> None:
     if _is_within(work_dir, bids_dir):
         raise OutputError(f"Work dir {work_dir} is inside BIDS_DIR {bids_dir}; choose another "
                           "--work-dir outside the raw dataset.")
-    if run.labels and not Path(run.labels).is_dir():
-        raise UsageError(f"Label dataset {run.labels} does not exist; give --labels the path of "
-                          "a PCS label derivative dataset.")
+    if run.labels and not Path(run.labels).exists():
+        raise UsageError(f"Label source {run.labels} does not exist; give --labels a PCS label "
+                         "dataset, a class table (.tsv) or a folder of rating files.")
     for dataset in run.pretrain_data:
         if not Path(dataset).is_dir():
             raise UsageError(f"--pretrain-data {dataset} does not exist or is not a directory; "

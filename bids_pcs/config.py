@@ -28,6 +28,9 @@ from typing import Any
 from bids_pcs.errors import UsageError
 
 PCS_CLASSES: tuple[str, ...] = ("absent", "present", "prominent")
+# the binary presence call of the authors' explainability work: prominent merged into present
+BINARY_CLASSES: tuple[str, ...] = ("absent", "present")
+CLASS_SCHEMES: tuple[tuple[str, ...], ...] = (PCS_CLASSES, BINARY_CLASSES)
 HEMISPHERES: tuple[str, ...] = ("L", "R")
 # the one template shipped (nilearn's ICBM 2009a nonlinear symmetric, 1 mm): its
 # name is the space- entity of every template-space derivative
@@ -141,7 +144,14 @@ class IntensitySettings:
 
 @dataclass(frozen=True)
 class LabelSettings:
-    """Label map of the PCS segmentation and the length thresholds of its classes."""
+    """Label map of the PCS segmentation and the length thresholds of its classes.
+
+    ``classes`` is the three-class protocol (absent / present / prominent) or
+    the binary presence call ``["absent", "present"]``: in binary mode a
+    label "prominent" counts as "present" (the authors' binary mode merges
+    them), the network has two class outputs and lengths above
+    ``present_min_mm`` are "present".
+    """
 
     classes: tuple[str, ...] = PCS_CLASSES
     present_min_mm: float = 20.0
@@ -155,14 +165,30 @@ class LabelSettings:
         if len(set(indices)) != 2 or not all(0 < i < 256 for i in indices):
             raise RecipeError(f"[labels] dseg_left and dseg_right must be two different "
                               f"integers in 1..255 (0 is background), not {indices}.")
+        if tuple(self.classes) not in CLASS_SCHEMES:
+            raise RecipeError(
+                f"[labels] classes {list(self.classes)} is not supported; use "
+                f"{list(PCS_CLASSES)} (three classes) or {list(BINARY_CLASSES)} (presence).")
+        if not 0 <= self.present_min_mm <= self.prominent_min_mm:
+            raise RecipeError("[labels] thresholds must satisfy 0 <= present_min_mm <= "
+                              "prominent_min_mm.")
+
+    @property
+    def binary(self) -> bool:
+        """True for the presence call (absent / present) instead of three classes."""
+        return tuple(self.classes) == BINARY_CLASSES
 
     def class_from_length(self, length_mm: float) -> str:
         """Class of a PCS from its length, with the Yuecel et al. (2001) thresholds."""
-        if length_mm > self.prominent_min_mm:
+        if length_mm > self.prominent_min_mm and not self.binary:
             return "prominent"
         if length_mm >= self.present_min_mm:
             return "present"
         return "absent"
+
+    def merge_class(self, name: str) -> str:
+        """A protocol class name in this label scheme ("prominent" is "present" in binary)."""
+        return "present" if self.binary and name == "prominent" else name
 
 
 @dataclass(frozen=True)
@@ -226,13 +252,51 @@ class FinetuneSettings:
         return float(self.learning_rates.get(strategy, self.learning_rate))
 
 
+CLASS_RULES: tuple[str, ...] = ("auto", "length", "network")
+
+
 @dataclass(frozen=True)
 class InferenceSettings:
-    """Prediction on new participants."""
+    """Prediction on new participants.
+
+    ``class_rule`` says where the reported class of a hemisphere comes from
+    (docs/architecture.md, "Class and length"): ``"length"`` from the length
+    of its predicted mask with the ``[labels]`` thresholds, ``"network"`` from
+    the classification head, ``"auto"`` the length when the model learnt
+    segmentation from masks and the head otherwise (a model trained on class
+    labels only has no trained mask). The head's probabilities are written
+    beside it either way, and a disagreement is flagged.
+    """
 
     flip_tta: bool = False
     threshold: float = 0.5
     mixed_precision: bool = False  # bf16 autocast on CUDA; ignored on CPU
+    class_rule: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.class_rule not in CLASS_RULES:
+            raise RecipeError(f"[inference] class_rule {self.class_rule!r} is unknown; use one "
+                              f"of {', '.join(CLASS_RULES)}.")
+
+
+@dataclass(frozen=True)
+class ReviewSettings:
+    """What the group level's review queue (``review.tsv``) calls worth a second look.
+
+    A hemisphere is listed when its class entropy reaches ``class_entropy``
+    (0 certain, 1 uniform), its mask uncertainty reaches ``mask_uncertainty``,
+    its flip agreement is below ``flip_agreement``, its measured length lies
+    within ``length_margin_mm`` of a class threshold, its reported class and
+    its network class disagree, or its registration QC correlation is within
+    ``qc_margin`` above the pass threshold (or failed).
+    """
+
+    class_entropy: float = 0.5
+    mask_uncertainty: float = 0.5
+    flip_agreement: float = 0.7
+    length_margin_mm: float = 2.5
+    qc_margin: float = 0.1
+    shown: int = 25  # rows of the "review first" section of the group page
 
 
 @dataclass(frozen=True)
@@ -316,6 +380,7 @@ class Settings:
     pretrain: PretrainSettings = field(default_factory=PretrainSettings)
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     inference: InferenceSettings = field(default_factory=InferenceSettings)
+    review: ReviewSettings = field(default_factory=ReviewSettings)
     study: StudySettings = field(default_factory=StudySettings)
     synth: SynthSettings = field(default_factory=SynthSettings)
 

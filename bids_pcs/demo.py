@@ -18,7 +18,9 @@ Steps (each through the same code as the command line's levels):
 7. the group level;
 8. scoring the held-out derivatives against the synthetic truth with
    :mod:`bids_pcs.metrics`: Dice of each hemisphere's mask on the native grid,
-   presence accuracy of the predicted classes.
+   presence accuracy of the reported classes (under the class rule of
+   :mod:`bids_pcs.inference.calls`: by default the class of the mask's
+   length) and, beside it, of the classification head's classes.
 
 The figures are printed and written to ``OUTPUT_DIR/logs/demo_<run id>_results.json``
 beside the run's log and configuration dump.
@@ -51,15 +53,17 @@ class DemoResult:
         dice: mean Dice over held-out hemispheres (both empty counts 1, as in
             :func:`bids_pcs.metrics.dice`).
         dice_labelled: mean Dice over held-out hemispheres whose truth has a sulcus.
-        presence_accuracy: share of held-out hemispheres whose presence
-            (absent vs present/prominent) is right.
+        presence_accuracy: share of held-out hemispheres whose reported
+            presence (absent vs present/prominent) is right.
         presence_balanced_accuracy: mean of the presence sensitivity and
             specificity (the benchmark's classes are not balanced).
-        accuracy_3class: share whose class is exactly right.
+        accuracy_3class: share whose reported class is exactly right.
         n_hemispheres: hemispheres scored.
         train, held_out: participant labels of each part.
         seconds: wall time per step.
         per_hemisphere: one record per held-out hemisphere.
+        presence_accuracy_head: presence accuracy of the classification
+            head's classes (``pcs_class_network``), for comparison.
     """
 
     dice: float
@@ -72,6 +76,7 @@ class DemoResult:
     held_out: list[str]
     seconds: dict[str, float] = field(default_factory=dict)
     per_hemisphere: list[dict[str, Any]] = field(default_factory=list)
+    presence_accuracy_head: float = float("nan")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"],
@@ -354,7 +359,7 @@ def score_held_out(settings, held_out: list[str]) -> DemoResult:
     images = collect_t1w(Path(settings.run.bids_dir), held_out)
     records = read_labels(settings.run.labels, images, settings.labels,
                           bids_dir=settings.run.bids_dir)
-    rows, true_classes, predicted, scores = [], [], [], []
+    rows, true_classes, predicted, scores, head = [], [], [], [], []
     for record in records:
         truth = split_hemispheres(np.asanyarray(nib.load(record.dseg_path).dataobj),
                                   settings.labels)
@@ -368,19 +373,22 @@ def score_held_out(settings, held_out: list[str]) -> DemoResult:
         for hemisphere in HEMISPHERES:
             result = table[hemisphere]
             if result.pcs_class is None:  # registration QC failed: counts as a miss
-                pcs_class, p_present = "absent", 0.0
+                pcs_class, p_present, head_class = "absent", 0.0, "absent"
             else:
                 pcs_class = result.pcs_class
+                head_class = result.network_class or pcs_class
                 p_present = (result.probabilities.get("present") or 0.0) + \
                     (result.probabilities.get("prominent") or 0.0)
             rows.append({"image": record.image.prefix, "hemisphere": hemisphere,
                          "true_class": record.classes[hemisphere], "pcs_class": pcs_class,
+                         "pcs_class_network": head_class,
                          "dice": metrics.dice(mine[hemisphere], truth[hemisphere]),
                          "true_voxels": int(truth[hemisphere].sum()),
                          "predicted_voxels": int(mine[hemisphere].sum()),
                          "pcs_length_mm": result.length_mm})
             true_classes.append(record.classes[hemisphere])
             predicted.append(pcs_class)
+            head.append(head_class)
             scores.append(p_present)
     presence = metrics.presence_metrics(true_classes, predicted, scores)
     labelled = [r["dice"] for r in rows if r["true_voxels"] > 0]
@@ -390,7 +398,8 @@ def score_held_out(settings, held_out: list[str]) -> DemoResult:
         presence_accuracy=presence.accuracy,
         presence_balanced_accuracy=presence.balanced_accuracy,
         accuracy_3class=metrics.three_class_accuracy(true_classes, predicted),
-        n_hemispheres=len(rows), train=[], held_out=held_out, per_hemisphere=rows)
+        n_hemispheres=len(rows), train=[], held_out=held_out, per_hemisphere=rows,
+        presence_accuracy_head=metrics.presence_metrics(true_classes, head).accuracy)
 
 
 def format_summary(result: DemoResult, output_dir: Path) -> str:
@@ -404,7 +413,8 @@ def format_summary(result: DemoResult, output_dir: Path) -> str:
         f"  held-out Dice (native T1w grid, all hemispheres): {result.dice:.3f}",
         f"  held-out Dice (hemispheres with a labelled sulcus): {result.dice_labelled:.3f}",
         f"  held-out presence accuracy: {result.presence_accuracy:.3f} (balanced "
-        f"{result.presence_balanced_accuracy:.3f})",
+        f"{result.presence_balanced_accuracy:.3f}; classification head alone: "
+        f"{result.presence_accuracy_head:.3f})",
         f"  held-out 3-class accuracy: {result.accuracy_3class:.3f}",
         f"  wall time: {total:.0f} s ({steps})",
         f"Outputs in {output_dir}:",

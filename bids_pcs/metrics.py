@@ -245,12 +245,17 @@ def encode_classes(values: Sequence[str | int] | np.ndarray,
 
 
 def presence_probability(probabilities: Any) -> np.ndarray:
-    """``p_present + p_prominent`` of (n, 3) class probabilities (numpy or torch)."""
+    """``p_present + p_prominent`` of (n, 3) class probabilities, ``p_present`` of (n, 2).
+
+    The binary scheme (absent, present) shares the first two indices of the
+    three classes, so both read the same way.
+    """
     probs = _as_float_array(probabilities)
-    if probs.ndim != 2 or probs.shape[1] != len(PCS_CLASSES):
-        raise ValueError(f"class probabilities must have shape (n, 3), not {probs.shape}")
+    if probs.ndim != 2 or probs.shape[1] not in (2, len(PCS_CLASSES)):
+        raise ValueError(f"class probabilities must have shape (n, 3) or (n, 2), not "
+                         f"{probs.shape}")
     # summed rather than 1 - p_absent, so that unnormalised scores rank the same way
-    return probs[:, 1] + probs[:, 2]
+    return probs[:, 1:].sum(axis=1)
 
 
 def roc_auc(y_true: Sequence[bool] | np.ndarray, score: Sequence[float] | np.ndarray) -> float:
@@ -306,6 +311,9 @@ def classification_metrics(true_classes: Sequence[str | int] | np.ndarray,
                            probabilities: Any) -> ClassificationMetrics:
     """Three-class and presence scores from (n, 3) class probabilities of a model.
 
+    With (n, 2) probabilities of the binary scheme, ``accuracy_3class`` is the
+    exact binary accuracy and the confusion is 2x2.
+
     The predicted class is the most probable one (as written to the per-image
     results); presence is predicted when that class is not "absent", and the
     presence probability ``p_present + p_prominent`` ranks for the ROC AUC.
@@ -316,7 +324,7 @@ def classification_metrics(true_classes: Sequence[str | int] | np.ndarray,
     if truth.size != probs.shape[0]:
         raise ValueError(f"{truth.size} true classes but {probs.shape[0]} probability rows")
     pred = np.argmax(probs, axis=1)
-    k = len(PCS_CLASSES)
+    k = probs.shape[1]
     confusion = np.zeros((k, k), dtype=np.int64)
     np.add.at(confusion, (truth, pred), 1)
     return ClassificationMetrics(
@@ -325,6 +333,7 @@ def classification_metrics(true_classes: Sequence[str | int] | np.ndarray,
         presence=presence_metrics(truth, pred, score),
         balanced_accuracy_3class=_balanced_accuracy(confusion),
         macro_f1_3class=_macro_f1(confusion),
+        classes=PCS_CLASSES[:k],
     )
 
 

@@ -118,7 +118,8 @@ def participant_strata(info: Iterable[Any]) -> dict[str, int]:
     per_image: dict[tuple[str, str], int] = {}
     for item in info:
         key = (item.subject, item.prefix)
-        per_image[key] = per_image.get(key, 0) + (item.pcs_class != "absent")
+        # a hemisphere without a known class (None) counts as no PCS
+        per_image[key] = per_image.get(key, 0) + (item.pcs_class not in ("absent", None))
     strata: dict[str, int] = {}
     for (subject, _), count in per_image.items():
         strata[subject] = max(strata.get(subject, 0), count)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import run_cli
@@ -18,7 +20,7 @@ from conftest import run_cli
 from bids_pcs.config import HEMISPHERES, load_settings
 from bids_pcs.finetuning import finetune, load_labelled_crops, predict_crops
 from bids_pcs.io.bids_input import collect_t1w
-from bids_pcs.io.derivatives import init_derivatives
+from bids_pcs.io.derivatives import init_derivatives, pcs_metadata_path, pcs_table_path
 from bids_pcs.io.labels import find_dseg, read_labels
 from bids_pcs.metrics import dice
 from bids_pcs.models.model_io import load_model, read_model_card
@@ -116,3 +118,99 @@ def test_a_briefly_finetuned_model_finds_the_labelled_sulcus(cohort):
         assert predicted[k].any(), crops.info[k].name
         offset = (np.argwhere(predicted[k]).mean(0) - np.argwhere(masks[k]).mean(0)) * voxel_mm
         assert np.linalg.norm(offset) < 6.0, (crops.info[k].name, offset)
+
+
+def _class_table(bids_dir, path):
+    """The cohort's classes as a label table of their own (no masks anywhere)."""
+    lines = (bids_dir / "participants.tsv").read_text().splitlines()
+    header = lines[0].split("\t")
+    keep = [header.index(c) for c in ("participant_id", "pcs_left", "pcs_right")]
+    path.write_text("\n".join("\t".join(line.split("\t")[i] for i in keep)
+                              for line in lines) + "\n")
+    return path
+
+
+def test_a_mixed_label_source_trains_masks_on_a_quarter_and_classes_on_the_rest(cohort,
+                                                                                 tmp_path):
+    bids_dir, labels_dir, output_dir, settings = cohort
+    labels = tmp_path / "labels"
+    shutil.copytree(labels_dir, labels)
+    images = collect_t1w(bids_dir)
+    for image in images[1:]:  # masks for one participant in four; classes for every one
+        find_dseg(labels, image).unlink()
+    records = read_labels(labels, images, settings.labels, bids_dir=bids_dir)
+    assert [r.has_mask for r in records] == [True, False, False, False]
+    done = run_cli(bids_dir, output_dir, "finetune", "--init", "scratch", "--strategy", "full",
+                   "--labels", labels, "--recipe", RECIPE, "--set", "finetune.epochs=1",
+                   "--set", "finetune.validation_fraction=0.5", "--model-name", "mixed",
+                   "--skip-bids-validation", "-w", tmp_path / "work", "--omp-nthreads", "2",
+                   "--device", "cpu")
+    assert done.returncode == 0, done.stderr[-3000:]
+    card = read_model_card(output_dir / "models" / "mixed")
+    data = card["training_data"]
+    trained = data["n_crops_with_mask"] + data["validation"]["n_crops_with_mask"]
+    assert trained == 2 and data["n_crops"] + data["validation"]["n_crops"] == 8
+    assert data["n_crops_with_class"] + data["validation"]["n_crops_with_class"] == 8
+    # validation scores say what they rest on: masks only where the image has one
+    assert card["metrics"]["val_n_masks"] == data["validation"]["n_crops_with_mask"]
+    assert card["metrics"]["val_n_classes"] == 4
+
+
+@pytest.mark.slow
+def test_classes_only_then_ratings_close_the_loop(cohort, tmp_path):
+    """Class table -> finetune -> participant --model -> rate in the browser -> finetune."""
+    from pcs_outputs import require_browser
+
+    from bids_pcs.reports.browser import DevToolsSession
+    from bids_pcs.reports.subject import subject_report_path
+
+    exe = require_browser()
+    bids_dir, _, cohort_out, _ = cohort
+    output_dir = tmp_path / "out"
+    shutil.copytree(cohort_out, output_dir, ignore=shutil.ignore_patterns("models"))
+    table = _class_table(bids_dir, tmp_path / "classes.tsv")
+    common = ("--recipe", RECIPE, "--skip-bids-validation", "--omp-nthreads", "2",
+              "--device", "cpu", "-w", tmp_path / "work")
+    done = run_cli(bids_dir, output_dir, "finetune", "--init", "scratch", "--strategy", "full",
+                   "--labels", table, "--set", "finetune.epochs=2", "--model-name",
+                   "classes-only", *common)
+    assert done.returncode == 0, done.stderr[-3000:]
+    model_dir = output_dir / "models" / "classes-only"
+    card = read_model_card(model_dir)
+    assert card["training_data"]["n_crops_with_mask"] == 0
+    assert card["training_data"]["class_sources"] == {"table": 6}
+    assert "val_dice" in card["metrics"] and card["metrics"]["val_dice"] is None
+
+    done = run_cli(bids_dir, output_dir, "participant", "--participant-label", "01",
+                   "--model", model_dir, *common)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (image,) = collect_t1w(bids_dir, ["01"])
+    metadata = json.loads(pcs_metadata_path(output_dir, image).read_text())
+    assert metadata["ClassRule"] == "network" and metadata["SegmentationTrained"] is False
+    rows = pd.read_csv(pcs_table_path(output_dir, image), sep="\t", dtype=str,
+                       keep_default_na=False)
+    assert (rows["pcs_class"] == rows["pcs_class_network"]).all()
+    assert (rows[["pcs_length_mm", "pcs_class_length", "class_agreement"]] == "n/a").all(None)
+
+    # a reader corrects the left call and accepts the right one; the file is the label source
+    corrected = "absent" if rows.at[0, "pcs_class"] != "absent" else "present"
+    ratings = tmp_path / "ratings"
+    with DevToolsSession(download_dir=ratings, browser=exe) as browser:
+        browser.open(subject_report_path(output_dir, "01"))
+        browser.select_option(f'select[name="class-{image.prefix}-L"]', corrected)
+        browser.click(f'input[name="decision-{image.prefix}-R"][value="accept"]')
+        browser.click(f'input[name="qc-{image.prefix}"][value="good"]')
+        browser.click("#save-ratings-tsv")
+        saved = browser.wait_for_download()
+    rated = pd.read_csv(saved, sep="\t", dtype=str, keep_default_na=False)
+    assert list(rated["decision"]) == ["correct", "accept"]
+    assert list(rated["pcs_class"]) == [corrected, rows.at[1, "pcs_class"]]
+
+    done = run_cli(bids_dir, output_dir, "finetune", "--init", "scratch", "--strategy", "top",
+                   "--labels", ratings, "--set", "finetune.epochs=1",
+                   "--set", "finetune.validation_fraction=0", "--model-name", "from-ratings",
+                   *common)
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = read_model_card(output_dir / "models" / "from-ratings")["training_data"]
+    assert data["participants"] == ["01"] and data["class_sources"] == {"rating": 2}
+    assert data["classes"] == dict(Counter([corrected, rows.at[1, "pcs_class"]]))

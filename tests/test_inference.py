@@ -18,7 +18,7 @@ import pytest
 from conftest import run_cli
 from inference_helpers import RECIPE, copy_outputs, demo_run
 
-from bids_pcs.config import load_settings
+from bids_pcs.config import LabelSettings, load_settings
 from bids_pcs.io.bids_input import collect_t1w
 from bids_pcs.io.derivatives import (
     PCS_TABLE_COLUMNS,
@@ -94,8 +94,19 @@ def test_participant_with_a_model_writes_valid_derivatives(demo, tmp_path):
     assert set(table["pcs_class"]) <= {"absent", "present", "prominent"}
     probs = table[["p_absent", "p_present", "p_prominent"]].astype(float).to_numpy()
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-3)
-    for row, cls in zip(probs, table["pcs_class"], strict=True):
+    for row, cls in zip(probs, table["pcs_class_network"], strict=True):
         assert ("absent", "present", "prominent")[int(np.argmax(row))] == cls
+    # a model trained with masks: the reported class is the measured length's (class_rule
+    # auto), the head's class beside it, a disagreement said in class_agreement
+    labels = LabelSettings()
+    for row in table.itertuples():
+        assert row.pcs_class == row.pcs_class_length == labels.class_from_length(
+            float(row.pcs_length_mm))
+        assert row.class_agreement == ("true" if row.pcs_class_network == row.pcs_class
+                                       else "false")
+        assert 0.0 <= float(row.class_entropy) <= 1.0
+        assert 0.0 <= float(row.mask_uncertainty) <= 1.0
+        assert row.flip_agreement == "n/a"  # no flip TTA, no flip agreement
     assert list(table["qc_passed"]) == ["true", "true"]
     volumes = table["pcs_volume_mm3"].astype(float).to_numpy()
     voxel = float(abs(np.linalg.det(t1w.affine[:3, :3])))
@@ -106,6 +117,10 @@ def test_participant_with_a_model_writes_valid_derivatives(demo, tmp_path):
     assert set(metadata["Model"]) == {"name", "stage", "method", "strategy", "sha256",
                                       "version"}
     assert metadata["Model"]["stage"] == "finetune" and metadata["FlipTTA"] is False
+    assert metadata["ClassRule"] == "length" and metadata["ClassRuleSetting"] == "auto"
+    assert metadata["SegmentationTrained"] is True
+    assert metadata["Classes"] == ["absent", "present", "prominent"]
+    assert set(metadata["Columns"]) == set(PCS_TABLE_COLUMNS)
     assert subject_report_path(output_dir, label).is_file()
 
     report = validate(output_dir)
@@ -215,12 +230,16 @@ def test_flip_tta_and_a_failed_qc_image(demo, tmp_path):
     metadata = json.loads(pcs_metadata_path(output_dir, images[0]).read_text())
     assert metadata["FlipTTA"] is True and "x (left-right)" in metadata["FlipTTAMethod"]
     assert dseg_path(output_dir, images[0]).is_file()
+    # the flipped crops ran in the same pass: each hemisphere has its flip agreement
+    done = pd.read_csv(pcs_table_path(output_dir, images[0]), sep="\t", dtype=str)
+    assert done["flip_agreement"].astype(float).between(0.0, 1.0).all()
 
     table = pd.read_csv(pcs_table_path(output_dir, images[1]), sep="\t", dtype=str,
                         keep_default_na=False)
     assert list(table["qc_passed"]) == ["false", "false"]
-    for column in ("pcs_class", "p_absent", "p_present", "p_prominent", "pcs_length_mm",
-                   "pcs_volume_mm3"):
+    for column in ("pcs_class", "pcs_class_network", "class_agreement", "p_absent",
+                   "p_present", "p_prominent", "class_entropy", "flip_agreement",
+                   "pcs_length_mm", "pcs_volume_mm3"):
         assert list(table[column]) == ["n/a", "n/a"], column
     assert table["qc_correlation"].astype(float).notna().all()
     assert not dseg_path(output_dir, images[1]).exists()  # never used, maps removed

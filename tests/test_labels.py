@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -18,6 +19,9 @@ from bids_pcs.errors import InputDataError
 from bids_pcs.io.bids_input import T1wImage, collect_t1w
 from bids_pcs.io.labels import (
     SOURCE_LENGTH,
+    SOURCE_RATING,
+    SOURCE_TABLE,
+    SOURCE_TABLE_LENGTH,
     SOURCE_TSV,
     check_label_values,
     find_dseg,
@@ -133,6 +137,116 @@ def test_classes_derived_from_length_where_missing(datasets, caplog):
     # the thresholds come from the settings
     strict = read_labels(labels, images, LabelSettings(present_min_mm=35, prominent_min_mm=50))
     assert strict[0].classes == {"L": "absent", "R": "present"}
+
+
+def test_a_class_only_label_dataset_and_a_raw_participants_tsv_are_label_sources(datasets):
+    raw, labels = datasets
+    images = [add_t1w(raw, "01"), add_t1w(raw, "02"), add_t1w(raw, "03")]
+    write_participants(raw, [("01", "present", "absent"), ("02", "prominent", "n/a")])
+    # the raw dataset itself (no masks anywhere): classes only
+    records = read_labels(raw, images, require_all=False)
+    assert [r.image.subject for r in records] == ["01", "02"]
+    assert all(not r.has_mask and r.dseg_path is None for r in records)
+    assert records[1].classes == {"L": "prominent", "R": None}
+    assert records[1].class_sources == {"L": SOURCE_TSV, "R": None}
+    # a label dataset with masks for some images and classes for others
+    add_dseg(labels, images[2], line_dseg(30, 0))
+    records = read_labels(labels, images, bids_dir=raw)
+    assert [(r.image.subject, r.has_mask) for r in records] == [
+        ("01", False), ("02", False), ("03", True)]
+    assert records[2].classes == {"L": "present", "R": "absent"}
+
+
+def test_a_class_and_length_table_given_with_labels(datasets, tmp_path, caplog):
+    raw, _ = datasets
+    images = [add_t1w(raw, "01", "a"), add_t1w(raw, "01", "b"), add_t1w(raw, "02")]
+    table = tmp_path / "pcs_labels.tsv"
+    table.write_text(
+        "participant_id\tsession_id\tpcs_left\tpcs_right\tpcs_left_length_mm\t"
+        "pcs_right_length_mm\n"
+        "sub-01\tses-a\tn/a\tabsent\t43.5\tn/a\n"
+        "01\tb\tpresent\tn/a\t12\t21\n"
+        "sub-02\t\tn/a\tn/a\tn/a\t19.5\n")
+    with caplog.at_level(logging.WARNING):
+        records = read_labels(table, images, bids_dir=raw)
+    by_prefix = {r.image.prefix: r for r in records}
+    assert by_prefix["sub-01_ses-a"].classes == {"L": "prominent", "R": "absent"}
+    assert by_prefix["sub-01_ses-a"].class_sources == {"L": SOURCE_TABLE_LENGTH,
+                                                       "R": SOURCE_TABLE}
+    assert by_prefix["sub-01_ses-b"].classes == {"L": "present", "R": "present"}
+    assert by_prefix["sub-01_ses-b"].lengths_mm == {"L": 12.0, "R": 21.0}
+    assert by_prefix["sub-02"].classes == {"L": None, "R": "absent"}
+    # a class its own length contradicts is kept (the lab's call) but said
+    assert "sub-01_ses-b L (present, 12 mm)" in caplog.text
+    csv = tmp_path / "labels.csv"
+    csv.write_text("participant_id,pcs_left,pcs_right\nsub-02,absent,present\n")
+    assert read_labels(csv, images, require_all=False)[0].classes == {"L": "absent",
+                                                                      "R": "present"}
+
+
+@pytest.mark.bad_input("labels:table without label columns", "labels:bad length",
+                       "labels:not a table")
+def test_bad_tables_are_refused_in_one_sentence(datasets, tmp_path):
+    raw, _ = datasets
+    images = [add_t1w(raw, "01")]
+    table = tmp_path / "labels.tsv"
+    table.write_text("participant_id\tleft\nsub-01\tpresent\n")
+    with pytest.raises(InputDataError, match="none of the columns pcs_left"):
+        read_labels(table, images)
+    table.write_text("participant_id\tpcs_left_length_mm\nsub-01\t-3\n")
+    with pytest.raises(InputDataError, match=r"line 2, pcs_left_length_mm.*not a length"):
+        read_labels(table, images)
+    other = tmp_path / "labels.xlsx"
+    other.write_bytes(b"PK")
+    with pytest.raises(InputDataError, match="not a .tsv or .csv table"):
+        read_labels(other, images)
+
+
+def test_binary_labels_merge_prominent_into_present(datasets):
+    raw, labels = datasets
+    binary = LabelSettings(classes=("absent", "present"))
+    images = [add_t1w(raw, "01"), add_t1w(raw, "02")]
+    add_dseg(labels, images[1], line_dseg(45, 10))
+    write_participants(labels, [("01", "prominent", "absent")])
+    records = read_labels(labels, images, binary)
+    assert records[0].classes == {"L": "present", "R": "absent"}
+    assert records[1].classes == {"L": "present", "R": "absent"}  # 45 mm by length
+    with pytest.raises(InputDataError, match="valid classes are absent, present \\("):
+        write_participants(labels, [("01", "maybe", "absent")])
+        read_labels(labels, images, binary)
+
+
+def test_rating_files_are_a_label_source_and_override_tables(datasets, tmp_path):
+    raw, labels = datasets
+    images = [add_t1w(raw, "01"), add_t1w(raw, "02"), add_t1w(raw, "03")]
+    write_participants(raw, [("01", "absent", "absent"), ("02", "present", "present")])
+    ratings = tmp_path / "ratings"
+    ratings.mkdir()
+    columns = "image\themisphere\tdecision\tpcs_class\tregistration_qc\trated_at\n"
+    (ratings / "sub-01_ratings.tsv").write_text(
+        columns + "sub-01\tL\tcorrect\tprominent\tgood\t2025-01-01T10:00:00Z\n"
+        "sub-01\tR\taccept\tabsent\tgood\t2025-01-01T10:00:00Z\n")
+    # a later download of the same report: its answer wins
+    (ratings / "sub-01_ratings (1).tsv").write_text(
+        columns + "sub-01\tL\tcorrect\tpresent\tgood\t2025-01-02T09:00:00Z\n")
+    (ratings / "sub-02_ratings.json").write_text(json.dumps({"BidsPcsRatings": 1, "Ratings": [
+        {"image": "sub-02", "hemisphere": "L", "decision": "accept", "pcs_class": "present",
+         "registration_qc": "bad", "rated_at": "2025-01-01T10:00:00Z"}]}))
+    (ratings / "sub-03_ratings.tsv").write_text(
+        columns + "sub-03\tL\taccept\tabsent\t\t2025-01-01T10:00:00Z\n"
+        "sub-03\tR\t\t\t\t2025-01-01T10:00:00Z\n")
+    records = read_labels(ratings, images, bids_dir=raw, require_all=False)
+    by_subject = {r.image.subject: r for r in records}
+    # 02's registration was rated bad: left out; 03's right hemisphere was not rated
+    assert sorted(by_subject) == ["01", "03"]
+    assert by_subject["01"].classes == {"L": "present", "R": "absent"}
+    assert by_subject["01"].class_sources == {"L": SOURCE_RATING, "R": SOURCE_RATING}
+    assert by_subject["03"].classes == {"L": "absent", "R": None}
+    # inside a label dataset, rating files override its tables
+    shutil.copytree(ratings, labels / "ratings")
+    add_dseg(labels, images[0], line_dseg(5, 5))
+    records = read_labels(labels, images, bids_dir=raw, require_all=False)
+    assert records[0].has_mask and records[0].classes["L"] == "present"
 
 
 def test_sessions_and_entities_are_matched_by_prefix(datasets):

@@ -240,7 +240,13 @@ def test_unknown_classes_and_bad_shapes_are_refused():
         encode_classes([0, 3])
     assert encode_classes([" Present", "ABSENT", 2]).tolist() == [1, 0, 2]
     with pytest.raises(ValueError, match="shape"):
-        presence_probability(np.ones((3, 2)))
+        presence_probability(np.ones((3, 4)))
+    # the binary scheme (absent, present) reads p_present
+    np.testing.assert_allclose(presence_probability([[0.7, 0.3], [0.1, 0.9]]), [0.3, 0.9])
+    binary = classification_metrics(["absent", "present", "present"],
+                                    [[0.7, 0.3], [0.4, 0.6], [0.8, 0.2]])
+    assert binary.confusion == ((1, 0), (1, 1)) and binary.classes == ("absent", "present")
+    assert binary.presence.accuracy == pytest.approx(2 / 3)
     with pytest.raises(ValueError):
         presence_metrics(["present"], ["present", "absent"])
 

@@ -167,3 +167,59 @@ def test_subject_report_carries_the_methods_boilerplate(sub02_report):
     assert '<section id="methods"' in page and 'href="#methods"' in page
     assert "(Avants et al., 2011)" in page and "(Mamalakis et al., 2024)" in page
     assert '<ol class="references">' in page and "[@" not in page
+
+
+def test_the_rating_form_downloads_what_was_clicked_and_reads_back_as_labels(dataset,
+                                                                            sub02_report,
+                                                                            tmp_path):
+    from bids_pcs.config import LabelSettings
+    from bids_pcs.io.labels import SOURCE_RATING, read_labels
+    from bids_pcs.io.ratings import RATING_COLUMNS
+    from bids_pcs.reports.browser import DevToolsSession
+
+    exe = require_browser()
+    raw, _, images = dataset
+    downloads = tmp_path / "ratings"
+    with DevToolsSession(download_dir=downloads, browser=exe) as browser:
+        browser.open(sub02_report)
+        assert browser.evaluate("document.documentElement.dataset.pageCheck") == "ok"
+        browser.click('input[name="decision-sub-02_ses-a-L"][value="accept"]')
+        # choosing a class ticks "correct to" by itself
+        browser.select_option('select[name="class-sub-02_ses-a-R"]', "present")
+        browser.type_into('input[name="note-sub-02_ses-a-R"]', "faint fold,\tseen on 3 slices")
+        browser.click('input[name="qc-sub-02_ses-a"][value="good"]')
+        browser.click('input[name="qc-sub-02_ses-b_run-1"][value="bad"]')
+        browser.type_into("#rater", "A. Rater")
+        browser.click("#save-ratings-tsv")
+        tsv = browser.wait_for_download()
+        browser.click("#save-ratings-json")
+        as_json = browser.wait_for_download()
+        status = browser.evaluate("document.getElementById('ratings-status').textContent")
+    assert tsv.name == "sub-02_ratings.tsv" and as_json.name == "sub-02_ratings.json"
+    assert "saved 2 rated hemisphere(s)" in status
+    lines = tsv.read_text().splitlines()
+    assert lines[0].split("\t") == list(RATING_COLUMNS)
+    rows = [dict(zip(RATING_COLUMNS, line.split("\t"), strict=True)) for line in lines[1:]]
+    rated = {(r["image"], r["hemisphere"]): r for r in rows}
+    left, right = rated[("sub-02_ses-a", "L")], rated[("sub-02_ses-a", "R")]
+    assert (left["decision"], left["pcs_class"], left["reported_class"]) == (
+        "accept", "present", "present")
+    assert (right["decision"], right["pcs_class"], right["reported_class"]) == (
+        "correct", "present", "absent")
+    assert right["note"] == "faint fold, seen on 3 slices"  # the tab became a space
+    assert {r["registration_qc"] for k, r in rated.items() if k[0] == "sub-02_ses-a"} == {"good"}
+    assert rated[("sub-02_ses-b_run-1", "L")]["registration_qc"] == "bad"
+    assert all(r["rater"] == "A. Rater" and r["rated_at"].endswith("Z") for r in rows)
+    assert all(r["decision"] == "" for k, r in rated.items() if k[0] != "sub-02_ses-a")
+    def undated(items):
+        return [{k: v for k, v in item.items() if k != "rated_at"} for item in items]
+
+    assert undated(json.loads(as_json.read_text())["Ratings"]) == undated(rows)
+
+    # the downloads folder is a label source: rated hemispheres get the reader's class,
+    # the image rated "bad" is left out, unrated images have no label
+    records = read_labels(downloads, [im for im in images if im.subject == "02"],
+                          LabelSettings(), bids_dir=raw, require_all=False)
+    assert [r.image.prefix for r in records] == ["sub-02_ses-a"]
+    assert records[0].classes == {"L": "present", "R": "present"}
+    assert records[0].class_sources == {"L": SOURCE_RATING, "R": SOURCE_RATING}

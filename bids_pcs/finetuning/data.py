@@ -12,14 +12,22 @@ one mirrored).  The targets are made the same way:
    :func:`bids_pcs.spatial.crops.resample_to_crop` and the image's forward
    transform, with nearest-neighbour interpolation: the same transform, grid
    and mirroring as the crop itself, so mask and crop align voxel for voxel;
-3. the hemisphere's class (``absent`` / ``present`` / ``prominent``, from the
-   label dataset) becomes its index in ``settings.labels.classes``.
+3. the hemisphere's class (``absent`` / ``present`` / ``prominent``, or the
+   binary scheme, from the label source) becomes its index in
+   ``settings.labels.classes``.
+
+Masks are optional (:mod:`bids_pcs.io.labels`): an image without one gets an
+empty target and ``has_mask`` 0, so the objective switches the segmentation
+loss off for its crops and they train the classification only; a hemisphere
+without a class gets the class index :data:`NO_CLASS` and trains no
+classification.
 
 Usage::
 
     crops = load_labelled_crops(settings, pairs)         # pairs: (PreprocessedImage, LabelRecord)
     train, validation = split_by_participant(crops, 0.2, seed=0)
     train.crops.targets["segmentation"].shape            # (N, 32, 96, 64), uint8
+    train.crops.targets["has_mask"]                       # (N,) uint8, 1 where a mask exists
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ if TYPE_CHECKING:
     from bids_pcs.preprocess import PreprocessedImage
 
 LOGGER = logging.getLogger(__name__)
+NO_CLASS = -1  # classification target of a hemisphere whose class is not known
 
 
 @dataclass(frozen=True)
@@ -56,9 +65,12 @@ class CropInfo:
         session: session label or ``None``.
         prefix: the T1w image's BIDS prefix.
         hemisphere: ``"L"`` or ``"R"``.
-        pcs_class: the hemisphere's class name.
-        class_source: ``"participants.tsv"`` or ``"length"`` (see :mod:`bids_pcs.io.labels`).
+        pcs_class: the hemisphere's class name (``None``: not known).
+        class_source: where it came from (see :class:`bids_pcs.io.labels.LabelRecord`).
         pcs_voxels: PCS voxels of the target on the crop grid.
+        has_mask: whether the image has a PCS mask (else the segmentation
+            target is empty and unused).
+        length_mm: the length a label table gives, ``None`` when not given.
     """
 
     name: str
@@ -66,9 +78,11 @@ class CropInfo:
     session: str | None
     prefix: str
     hemisphere: str
-    pcs_class: str
-    class_source: str
+    pcs_class: str | None
+    class_source: str | None
     pcs_voxels: int
+    has_mask: bool = True
+    length_mm: float | None = None
 
 
 @dataclass
@@ -77,7 +91,9 @@ class LabelledCrops:
 
     Args:
         crops: images (N, 1, X, Y, Z) float32 and targets ``segmentation``
-            (N, X, Y, Z) uint8 and ``classification`` (N,) int64.
+            (N, X, Y, Z) uint8 and ``classification`` (N,) int64
+            (:data:`NO_CLASS` where unknown); ``has_mask`` (N,) uint8 is set
+            here from ``info``.
         info: one :class:`CropInfo` per crop, in the same order.
 
     Example::
@@ -96,6 +112,9 @@ class LabelledCrops:
         for key in ("segmentation", "classification"):
             if key not in self.crops.targets:
                 raise ValueError(f"labelled crops need a {key!r} target")
+        # one source for which crops have a mask: their records
+        self.crops.targets["has_mask"] = torch.tensor(
+            [bool(item.has_mask) for item in self.info], dtype=torch.uint8)
 
     def __len__(self) -> int:
         return len(self.crops)
@@ -121,9 +140,14 @@ class LabelledCrops:
             "n_participants": len(self.participants),
             "participants": self.participants,
             "hemispheres": dict(sorted(Counter(item.hemisphere for item in self.info).items())),
-            "classes": dict(sorted(Counter(item.pcs_class for item in self.info).items())),
-            "class_sources": dict(sorted(Counter(i.class_source for i in self.info).items())),
-            "crops_without_pcs_voxels": sum(1 for item in self.info if item.pcs_voxels == 0),
+            "classes": dict(sorted(Counter(item.pcs_class or "n/a"
+                                           for item in self.info).items())),
+            "class_sources": dict(sorted(Counter(i.class_source or "n/a"
+                                                 for i in self.info).items())),
+            "n_crops_with_mask": sum(1 for item in self.info if item.has_mask),
+            "n_crops_with_class": sum(1 for item in self.info if item.pcs_class is not None),
+            "crops_without_pcs_voxels": sum(1 for item in self.info
+                                            if item.has_mask and item.pcs_voxels == 0),
         }
 
 
@@ -137,10 +161,13 @@ def crop_targets(settings: Settings, preprocessed: PreprocessedImage,
         record: the image's labels (native dseg path).
 
     Returns:
-        ``{"L": mask, "R": mask}``, each of shape ``settings.crop.shape_vox``.
+        ``{"L": mask, "R": mask}``, each of shape ``settings.crop.shape_vox``;
+        all zeros for an image without a mask.
     """
     from bids_pcs.spatial.crops import resample_to_crop
 
+    if record.dseg_path is None:
+        return {h: np.zeros(settings.crop.shape_vox, dtype=np.uint8) for h in HEMISPHERES}
     dseg = load_dseg(record.dseg_path, labels=settings.labels)
     data = np.asanyarray(dseg.dataobj)
     values = {"L": settings.labels.dseg_left, "R": settings.labels.dseg_right}
@@ -196,13 +223,14 @@ def load_labelled_crops(settings: Settings,
             images[k, 0] = torch.from_numpy(crop)
             masks[k] = torch.from_numpy(targets[hemisphere])
             name = record.classes[hemisphere]
-            classes[k] = settings.labels.classes.index(name)
+            classes[k] = settings.labels.classes.index(name) if name is not None else NO_CLASS
             image = record.image
             info.append(CropInfo(
                 name=f"{image.prefix}_hemi-{hemisphere}", subject=image.subject,
                 session=image.session, prefix=image.prefix, hemisphere=hemisphere,
                 pcs_class=name, class_source=record.class_sources[hemisphere],
-                pcs_voxels=int(targets[hemisphere].sum())))
+                pcs_voxels=int(targets[hemisphere].sum()), has_mask=record.has_mask,
+                length_mm=record.lengths_mm.get(hemisphere)))
     crops = CropSet(images, {"segmentation": masks, "classification": classes},
                     [item.name for item in info])
     return LabelledCrops(crops, info)

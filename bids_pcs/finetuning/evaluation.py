@@ -12,7 +12,10 @@ Scores (prefixed, e.g. ``val_dice``), on the crop grid, from
   never finds a sulcus would look good on a cohort with many absent ones);
 - ``presence_balanced_accuracy``, ``presence_sensitivity``,
   ``presence_specificity``, ``presence_auc``, ``presence_accuracy``,
-  ``accuracy_3class``, ``balanced_accuracy_3class``, ``macro_f1_3class``;
+  ``accuracy_3class``, ``balanced_accuracy_3class``, ``macro_f1_3class``
+  (class scores over the crops whose class is known);
+- ``n_masks``, ``n_classes``: crops with a mask and crops with a known class
+  (a crop of an image labelled by class only has no mask and no mask score);
 - ``score``: the mean of ``dice`` and ``presence_balanced_accuracy`` (either
   alone where the other is undefined, e.g. no validation crop with a
   sulcus): both tasks weigh the same and neither rewards predicting the
@@ -38,7 +41,7 @@ import torch
 from torch import nn
 
 from bids_pcs import metrics
-from bids_pcs.finetuning.data import LabelledCrops
+from bids_pcs.finetuning.data import NO_CLASS, LabelledCrops
 from bids_pcs.finetuning.frozen_outputs import network_outputs
 from bids_pcs.training.data import CropSet
 
@@ -95,17 +98,22 @@ SCORE_KEYS: tuple[str, ...] = (
 
 def score_predictions(predictions: CropPredictions, labelled: LabelledCrops, *,
                       prefix: str = "val_") -> dict[str, float]:
-    """Mask and class scores of ``predictions`` against the targets of ``labelled``."""
+    """Mask and class scores of ``predictions`` against the targets of ``labelled``.
+
+    Mask scores use the crops with a mask, class scores the crops with a known
+    class (``NO_CLASS`` otherwise); a score over none is ``nan``.
+    """
     truth_masks = labelled.crops.targets["segmentation"].numpy().astype(bool)
     truth_classes = labelled.crops.targets["classification"].numpy()
     dices = [metrics.dice(p, t) for p, t in zip(predictions.masks, truth_masks, strict=True)]
-    has_mask = [getattr(item, "has_mask", True) for item in labelled.info]
+    has_mask = labelled.crops.targets["has_mask"].numpy().astype(bool)
     scores = metrics.hemisphere_scores(
         truth_classes, predictions.probabilities, dice=dices,
         hd95_mm=np.full(len(dices), np.nan), true_voxels=truth_masks.reshape(
             len(dices), -1).sum(axis=1), has_mask=has_mask).as_dict()
     out = {key: scores[key] for key in SCORE_KEYS}
     out.update({f"{key}_n": scores[f"{key}_n"] for key in ("dice", "presence_balanced_accuracy")})
+    out.update(n_masks=int(has_mask.sum()), n_classes=int((truth_classes != NO_CLASS).sum()))
     terms = [v for v in (out["dice"], out["presence_balanced_accuracy"]) if np.isfinite(v)]
     out["score"] = float(np.mean(terms)) if terms else float("nan")
     return {f"{prefix}{key}": float(value) for key, value in out.items()}

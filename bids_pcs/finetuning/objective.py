@@ -12,6 +12,14 @@ term ignores the background channel and is computed over the whole batch, so
 a crop without any PCS voxel (an absent sulcus) still gives a defined loss
 that pushes its PCS probabilities down.
 
+Labels without masks (``has_mask`` 0, see :mod:`bids_pcs.finetuning.data`)
+switch the segmentation loss off per crop: ``L_seg`` is computed over the
+crops of the batch that have a mask, and a batch without any contributes 0
+(and no gradient) to it; likewise the cross-entropy runs over the crops whose
+class is known (target :data:`~bids_pcs.finetuning.data.NO_CLASS` elsewhere).
+Each term covers only the crops it applies to, so the share of masked crops
+in a batch does not dilute either loss.
+
 Usage::
 
     objective = SupervisedObjective(strategy, settings.finetune)
@@ -28,6 +36,7 @@ from monai.losses import DiceCELoss, DiceFocalLoss
 from torch import nn
 
 from bids_pcs.config import FinetuneSettings, RecipeError
+from bids_pcs.finetuning.data import NO_CLASS
 from bids_pcs.finetuning.frozen_outputs import network_outputs
 from bids_pcs.finetuning.strategies import Strategy, frozen_modules
 from bids_pcs.training.objective import Batch, Objective
@@ -97,10 +106,23 @@ class SupervisedObjective(Objective):
                 network.get_submodule(name).eval()
         # top/decoder tuning: the batch may carry the frozen part's kept outputs
         out = network_outputs(network, batch)
-        target = batch["segmentation"].long().unsqueeze(1)
-        segmentation = self.segmentation_loss(out["segmentation"].float(), target)
-        classification = self.classification_loss(out["classification"].float(),
-                                                   batch["classification"].long())
+        logits = out["segmentation"].float()
+        has_mask = batch["has_mask"].bool() if "has_mask" in batch else torch.ones(
+            logits.shape[0], dtype=torch.bool, device=logits.device)
+        if bool(has_mask.any()):
+            target = batch["segmentation"][has_mask].long().unsqueeze(1)
+            segmentation = self.segmentation_loss(logits[has_mask], target)
+        else:
+            # zero, yet tied to the graph: every process of a DDP run reduces the same
+            # parameters whichever of its batches have masks
+            segmentation = logits.sum() * 0.0
+        class_logits = out["classification"].float()
+        class_target = batch["classification"].long()
+        known = class_target != NO_CLASS
+        if bool(known.any()):
+            classification = self.classification_loss(class_logits[known], class_target[known])
+        else:
+            classification = class_logits.sum() * 0.0
         loss = (float(self.options["segmentation_weight"]) * segmentation
                 + float(self.options["classification_weight"]) * classification)
         return {"loss": loss, "segmentation": segmentation.detach(),

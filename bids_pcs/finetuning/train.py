@@ -204,17 +204,21 @@ def init_heads_from_prior(network: PcsNetwork, train: LabelledCrops) -> dict[str
     The PCS fills well under 1 % of a crop: from a zero bias the voxel logits
     first spend hundreds of optimiser steps learning "mostly background".
     Setting the PCS logit's bias to ``log(pi / (1 - pi))`` (``pi`` the PCS
-    voxel fraction of the training masks; Lin et al. 2017, focal loss) and the
-    class logits' to the log class frequencies (add-one smoothed) starts the
+    voxel fraction of the training masks, crops without a mask left out; Lin et
+    al. 2017, focal loss) and the class logits' to the log frequencies of the
+    known classes (add-one smoothed) starts the
     heads at the prior, so the first steps already learn *where* the sulcus is.
 
     Returns:
         The priors used, for model.json.
     """
-    masks = train.crops.targets["segmentation"]
-    fraction = float(masks.float().mean())
+    has_mask = train.crops.targets["has_mask"].bool()
+    masks = train.crops.targets["segmentation"][has_mask]
+    # without any mask there is no prior to learn: the PCS logit starts at the floor
+    fraction = float(masks.float().mean()) if has_mask.any() else 0.0
     fraction = min(max(fraction, 1e-4), 0.5)
-    counts = torch.bincount(train.crops.targets["classification"],
+    classes = train.crops.targets["classification"]
+    counts = torch.bincount(classes[classes >= 0],
                             minlength=len(network.spec.classification_classes)).double() + 1
     frequencies = counts / counts.sum()
     segmentation = network.heads["segmentation"].conv.conv
@@ -369,7 +373,9 @@ def _best_metrics(result: TrainResult) -> dict[str, float]:
     else:
         row = next((r for r in result.history if r["epoch"] == result.best_epoch + 1),
                    result.history[-1])
-    out = {k: v for k, v in row.items() if k.startswith("val_")}
+    # a score over no crop (e.g. Dice without any mask) is null in model.json, not NaN
+    out = {k: None if isinstance(v, float) and math.isnan(v) else v
+           for k, v in row.items() if k.startswith("val_")}
     out.update({f"final_train_{k}": v for k, v in result.history[-1].items()
                 if k in ("loss", "segmentation", "classification")})
     return out

@@ -32,6 +32,7 @@ import torch
 from bids_pcs.config import HEMISPHERES, Settings
 from bids_pcs.devices import resolve_device
 from bids_pcs.errors import ModelFileError
+from bids_pcs.inference.calls import RULE_LENGTH, class_rule, segmentation_trained
 from bids_pcs.inference.model import InferenceModel, load_inference_model
 from bids_pcs.inference.native import to_native
 from bids_pcs.inference.predict import predict_hemispheres
@@ -52,6 +53,7 @@ class HemisphereSummary:
     probabilities: dict[str, float] = field(default_factory=dict)
     length_mm: float | None = None
     volume_mm3: float | None = None
+    classes_agree: bool = True
 
 
 @dataclass(frozen=True)
@@ -98,9 +100,16 @@ def infer_images(settings: Settings, preprocessed: Sequence[PreprocessedImage], 
         model = load_inference_model(settings, settings.run.model, device)
     network = model.network.to(device).eval()
     context = WriteContext(model=model.provenance, threshold=settings.inference.threshold,
-                           flip_tta=settings.inference.flip_tta, labels=settings.labels)
-    LOGGER.info("Inferring the PCS of %d image(s) with %s on %s%s", len(preprocessed),
-                context.model["name"], device, " (flip TTA)" if context.flip_tta else "")
+                           flip_tta=settings.inference.flip_tta, labels=settings.labels,
+                           class_rule=class_rule(settings.inference.class_rule, model.card),
+                           class_rule_setting=settings.inference.class_rule,
+                           segmentation_trained=segmentation_trained(model.card))
+    LOGGER.info("Inferring the PCS of %d image(s) with %s on %s%s; reported class from the %s",
+                len(preprocessed), context.model["name"], device,
+                " (flip TTA)" if context.flip_tta else "",
+                "mask's length" if context.class_rule == RULE_LENGTH else
+                "classification head" + ("" if context.segmentation_trained else
+                                         " (the model learnt no segmentation)"))
     results = []
     for item in progress(preprocessed, desc="inference", unit="image"):
         start = time.perf_counter()
@@ -126,19 +135,35 @@ def infer_image(settings: Settings, item: PreprocessedImage, network: torch.nn.M
     crops = {h: load_crop(item.crops[h]) for h in HEMISPHERES}
     predictions = predict_hemispheres(network, crops, device=device,
                                       flip_tta=settings.inference.flip_tta,
-                                      mixed_precision=settings.inference.mixed_precision)
+                                      mixed_precision=settings.inference.mixed_precision,
+                                      threshold=settings.inference.threshold)
     native = to_native(predictions, item, threshold=settings.inference.threshold,
                        labels=settings.labels)
-    files = write_image_results(output_dir, item, native, predictions, context)
+    files, rows = write_image_results(output_dir, item, native, predictions, context)
     classes = settings.labels.classes
     summary = {h: HemisphereSummary(
-        pcs_class=predictions[h].pcs_class(classes),
+        pcs_class=rows[h]["pcs_class"],
         probabilities={c: float(p) for c, p in
                        zip(classes, predictions[h].class_probabilities, strict=True)},
-        length_mm=native.morphometry[h].length_mm,
-        volume_mm3=native.morphometry[h].volume_mm3) for h in HEMISPHERES}
+        length_mm=_float(rows[h]["pcs_length_mm"]),
+        volume_mm3=_float(rows[h]["pcs_volume_mm3"]),
+        classes_agree=rows[h]["class_agreement"] != "false") for h in HEMISPHERES}
     seconds = time.perf_counter() - start
-    LOGGER.info("%s: left %s (%.1f mm), right %s (%.1f mm) [%.1f s]", item.image.prefix,
-                summary["L"].pcs_class, summary["L"].length_mm, summary["R"].pcs_class,
-                summary["R"].length_mm, seconds)
+    LOGGER.info("%s: left %s (%s mm), right %s (%s mm) [%.1f s]", item.image.prefix,
+                summary["L"].pcs_class, rows["L"]["pcs_length_mm"], summary["R"].pcs_class,
+                rows["R"]["pcs_length_mm"], seconds)
+    for hemisphere in HEMISPHERES:
+        if not summary[hemisphere].classes_agree:
+            LOGGER.warning("%s: the %s PCS is %s by its length (%s mm) but %s by the "
+                           "classification head; reported %s, flagged for review.",
+                           item.image.prefix, hemisphere, rows[hemisphere]["pcs_class_length"],
+                           rows[hemisphere]["pcs_length_mm"],
+                           rows[hemisphere]["pcs_class_network"], summary[hemisphere].pcs_class)
     return ImageInference(item.image, True, summary, files, seconds)
+
+
+def _float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None

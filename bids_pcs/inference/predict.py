@@ -15,7 +15,9 @@ Flipping the anterior-posterior or inferior-superior axis would put the PCS
 behind or below the cingulate sulcus, an anatomy the network never saw. The
 networks are trained without flip augmentation, so a model may not be
 invariant to the x flip; the option is off by default and recorded in every
-output's metadata.
+output's metadata. With it, the flipped crops run in the same forward pass
+as the originals (one batch of four), and the Dice between the two masks is
+kept as each hemisphere's ``flip_agreement`` (see :mod:`bids_pcs.inference.calls`).
 
 Usage::
 
@@ -35,6 +37,7 @@ import torch
 from torch import nn
 
 from bids_pcs.config import HEMISPHERES
+from bids_pcs.inference.calls import mask_agreement
 
 # the crop's x axis (array axis 0, tensor dim 2 of (B, C, X, Y, Z)): left-right
 FLIP_AXIS = 0
@@ -49,11 +52,15 @@ class HemispherePrediction:
     Args:
         pcs_probability: P(PCS) per voxel, float32, laid out like the stored crop
             (the right one mirrored).
-        class_probabilities: (3,) float32 probabilities of absent, present, prominent.
+        class_probabilities: (K,) float32 probabilities of the classes (absent,
+            present[, prominent]).
+        flip_agreement: Dice of the masks of the crop and of its x-flipped copy
+            (flip TTA only; ``None`` without).
     """
 
     pcs_probability: np.ndarray
     class_probabilities: np.ndarray
+    flip_agreement: float | None = None
 
     def pcs_class(self, classes: tuple[str, ...]) -> str:
         """The most probable class name."""
@@ -62,7 +69,8 @@ class HemispherePrediction:
 
 def predict_hemispheres(network: nn.Module, crops: Mapping[str, np.ndarray], *,
                         device: torch.device | None = None, flip_tta: bool = False,
-                        mixed_precision: bool = False) -> dict[str, HemispherePrediction]:
+                        mixed_precision: bool = False, threshold: float = 0.5,
+                        ) -> dict[str, HemispherePrediction]:
     """Run ``network`` on both crops of one image as one batch (four crops with flip TTA).
 
     Args:
@@ -75,6 +83,7 @@ def predict_hemispheres(network: nn.Module, crops: Mapping[str, np.ndarray], *,
             they go through the network in the same batch as the crops.
         mixed_precision: bf16 autocast on CUDA (ignored elsewhere); the
             probabilities are computed in float32 either way.
+        threshold: the mask threshold, for the flip agreement.
 
     Returns:
         ``{"L": HemispherePrediction, "R": HemispherePrediction}``.
@@ -92,13 +101,19 @@ def predict_hemispheres(network: nn.Module, crops: Mapping[str, np.ndarray], *,
                               enabled=mixed_precision and device.type == "cuda")
     with torch.inference_mode(), autocast:
         voxel, classes = _probabilities(network, batch)
+    agreement: list[float | None] = [None] * n
     if flip_tta:
-        voxel = (voxel[:n] + voxel[n:].flip(dim - 1)) / 2
+        voxel, flipped_voxel = voxel[:n], voxel[n:].flip(dim - 1)
+        agreement = [mask_agreement((voxel[i] > threshold).cpu().numpy(),
+                                    (flipped_voxel[i] > threshold).cpu().numpy())
+                     for i in range(n)]
+        voxel = (voxel + flipped_voxel) / 2
         classes = (classes[:n] + classes[n:]) / 2
     voxel_np = voxel.cpu().numpy()
     classes_np = classes.cpu().numpy()
     return {h: HemispherePrediction(pcs_probability=voxel_np[i],
-                                    class_probabilities=classes_np[i])
+                                    class_probabilities=classes_np[i],
+                                    flip_agreement=agreement[i])
             for i, h in enumerate(HEMISPHERES)}
 
 

@@ -7,11 +7,15 @@ For an image that passed registration QC (names from :mod:`bids_pcs.io.derivativ
 - ``<prefix>_space-T1w_desc-pcs_dseg.nii.gz`` (+ ``.json``): 0 background,
   1 left PCS, 2 right PCS (the label map of ``desc-pcs_dseg.tsv``), uint8;
 - ``<prefix>_desc-pcs_pcs.tsv`` / ``.json``: the per-image result table of
-  docs/architecture.md ("Per-image PCS results"). The set is written as a
-  unit (:mod:`bids_pcs.io.manifest`): the JSON is removed before anything is
-  rewritten and written last, listing the maps and the table with their
-  sizes and SHA-256 (``Files``), so an interrupted write is never taken for a
-  result.
+  docs/architecture.md ("Per-image PCS results"): the reported class under
+  the class rule with the network's and the length's classes beside it, the
+  class probabilities, the uncertainty measures of :mod:`bids_pcs.inference.calls`,
+  length, volume and QC. A model without a trained mask (class labels only)
+  gets ``n/a`` length, volume and mask measures: its mask means nothing. The
+  set is written as a unit (:mod:`bids_pcs.io.manifest`): the JSON is removed
+  before anything is rewritten and written last, listing the maps and the
+  table with their sizes and SHA-256 (``Files``), so an interrupted write is
+  never taken for a result.
 
 An image that failed QC gets only the table, every value ``n/a`` but its QC
 correlation, ``qc_passed`` false, so it is listed (by the reports and the
@@ -20,7 +24,7 @@ removed, as they no longer describe what the run decided.
 
 Usage::
 
-    files = write_image_results(output_dir, preprocessed, native, predictions, context)
+    files, rows = write_image_results(output_dir, preprocessed, native, predictions, context)
     files = write_qc_failed(output_dir, preprocessed, context)
 """
 
@@ -37,21 +41,28 @@ import numpy as np
 
 from bids_pcs import __version__
 from bids_pcs.config import HEMISPHERES, LabelSettings
+from bids_pcs.inference.calls import (
+    RULE_LENGTH,
+    class_entropy,
+    hemisphere_call,
+    mask_uncertainty,
+)
 from bids_pcs.inference.native import NativeMaps
 from bids_pcs.inference.predict import FLIP_DESCRIPTION, HemispherePrediction
 from bids_pcs.io.atomic import atomic_path, write_json, write_text
 from bids_pcs.io.bids_input import T1wImage
 from bids_pcs.io.derivatives import (
-    PCS_TABLE_COLUMNS,
     dseg_path,
     pcs_metadata_path,
     pcs_set_members,
+    pcs_table_columns,
     pcs_table_path,
     probseg_path,
     sidecar_path,
     write_sidecar,
 )
 from bids_pcs.io.manifest import FILES_KEY, describe_files, set_exists
+from bids_pcs.morphometry import PcsMorphometry
 from bids_pcs.preprocess import PreprocessedImage
 
 LOGGER = logging.getLogger("bids_pcs.inference")
@@ -68,21 +79,28 @@ class WriteContext:
         threshold: the probability above which a voxel is PCS.
         flip_tta: whether flip test-time augmentation was used.
         labels: class names, length thresholds and dseg values.
+        class_rule: the rule in force, ``"length"`` or ``"network"``
+            (:func:`bids_pcs.inference.calls.class_rule`).
+        class_rule_setting: what ``[inference] class_rule`` said (``"auto"``...).
+        segmentation_trained: whether the model learnt segmentation from masks.
     """
 
     model: dict[str, Any]
     threshold: float
     flip_tta: bool
     labels: LabelSettings
+    class_rule: str = RULE_LENGTH
+    class_rule_setting: str = "auto"
+    segmentation_trained: bool = True
 
 
 def write_image_results(output_dir: Path, preprocessed: PreprocessedImage, native: NativeMaps,
                         predictions: Mapping[str, HemispherePrediction],
-                        context: WriteContext) -> list[Path]:
+                        context: WriteContext) -> tuple[list[Path], dict[str, dict[str, str]]]:
     """Write the probsegs, the dseg and the result table of an image that passed QC.
 
     Returns:
-        Every file written, in order.
+        Every file written, in order, and the table's row of each hemisphere.
     """
     output_dir = Path(output_dir)
     image, qc = preprocessed.image, preprocessed.qc
@@ -113,23 +131,14 @@ def write_image_results(output_dir: Path, preprocessed: PreprocessedImage, nativ
                   OverlapRule="where both hemispheres exceed the threshold, the larger "
                               "probability wins", **common)
     written += [dseg, sidecar_path(dseg)]
-    rows = []
-    for hemisphere in HEMISPHERES:
-        prediction = predictions[hemisphere]
-        morph = native.morphometry[hemisphere]
-        rows.append({
-            "hemisphere": hemisphere,
-            "pcs_class": prediction.pcs_class(context.labels.classes),
-            **{f"p_{name}": _number(p, 4) for name, p in
-               zip(context.labels.classes, prediction.class_probabilities, strict=True)},
-            "pcs_length_mm": _number(morph.length_mm, 2),
-            "pcs_volume_mm3": _number(morph.volume_mm3, 1),
-            **_qc_columns(qc, hemisphere),
-        })
+    rows = {hemisphere: result_row(hemisphere, predictions[hemisphere],
+                                   native.morphometry[hemisphere], qc, context)
+            for hemisphere in HEMISPHERES}
     sources = [image.bids_uri, _uri(output_dir, dseg),
                *(_uri(output_dir, probseg_path(output_dir, image, h)) for h in HEMISPHERES)]
-    written += _write_table(output_dir, image, rows, sources, qc, context, maps=written)
-    return written
+    written += _write_table(output_dir, image, list(rows.values()), sources, qc, context,
+                            maps=written)
+    return written, rows
 
 
 def write_qc_failed(output_dir: Path, preprocessed: PreprocessedImage,
@@ -143,10 +152,9 @@ def write_qc_failed(output_dir: Path, preprocessed: PreprocessedImage,
             LOGGER.info("%s: removing %s from an earlier run (registration QC failed now)",
                         image.prefix, stale.name)
             stale.unlink()
-    rows = [{"hemisphere": hemisphere, "pcs_class": NA,
-             **{f"p_{name}": NA for name in context.labels.classes},
-             "pcs_length_mm": NA, "pcs_volume_mm3": NA, **_qc_columns(qc, hemisphere)}
-            for hemisphere in HEMISPHERES]
+    columns = pcs_table_columns(context.labels.classes)
+    rows = [{**dict.fromkeys(columns, NA), "hemisphere": hemisphere,
+             **_qc_columns(qc, hemisphere)} for hemisphere in HEMISPHERES]
     qc_file = Path(preprocessed.qc_file)
     sources = [image.bids_uri] + ([_uri(output_dir, qc_file)] if qc_file.is_file()
                                   and qc_file.is_relative_to(output_dir) else [])
@@ -165,7 +173,7 @@ def _start_set(output_dir: Path, image: T1wImage) -> None:
 def _write_table(output_dir: Path, image: T1wImage, rows: list[dict[str, str]],
                  sources: list[str], qc: Mapping[str, Any], context: WriteContext,
                  maps: list[Path]) -> list[Path]:
-    columns = list(PCS_TABLE_COLUMNS)
+    columns = list(pcs_table_columns(context.labels.classes))
     lines = ["\t".join(columns)] + ["\t".join(row[c] for c in columns) for row in rows]
     table = write_text(pcs_table_path(output_dir, image), "\n".join(lines) + "\n")
     metadata = {
@@ -173,12 +181,16 @@ def _write_table(output_dir: Path, image: T1wImage, rows: list[dict[str, str]],
         "Model": context.model,
         "Thresholds": {"present_min_mm": context.labels.present_min_mm,
                        "prominent_min_mm": context.labels.prominent_min_mm},
+        "Classes": list(context.labels.classes),
+        "ClassRule": context.class_rule,
+        "ClassRuleSetting": context.class_rule_setting,
+        "SegmentationTrained": context.segmentation_trained,
         "ProbabilityThreshold": context.threshold,
         "FlipTTA": context.flip_tta,
         "SoftwareVersion": __version__,
         "RegistrationQC": {"Correlation": qc.get("Correlation"),
                            "Threshold": qc.get("Threshold"), "Passed": bool(qc.get("Passed"))},
-        "Columns": _COLUMNS,
+        "Columns": column_descriptions(context.labels.classes),
     }
     if context.flip_tta:
         metadata["FlipTTAMethod"] = FLIP_DESCRIPTION
@@ -188,17 +200,58 @@ def _write_table(output_dir: Path, image: T1wImage, rows: list[dict[str, str]],
     return [table, meta]
 
 
-_COLUMNS = {
-    "hemisphere": "L (left) or R (right)",
-    "pcs_class": "most probable class: absent, present or prominent (n/a: not run)",
-    "p_absent": "class probability from the network's classification head",
-    "p_present": "class probability from the network's classification head",
-    "p_prominent": "class probability from the network's classification head",
-    "pcs_length_mm": "length of the predicted mask along the sulcus in sagittal view (mm)",
-    "pcs_volume_mm3": "volume of the predicted mask on the T1w grid (mm3)",
-    "qc_correlation": "correlation of the hemisphere's crop with the template (registration QC)",
-    "qc_passed": "true when registration QC passed; false rows carry no PCS values",
-}
+def result_row(hemisphere: str, prediction: HemispherePrediction, morph: PcsMorphometry,
+               qc: Mapping[str, Any], context: WriteContext) -> dict[str, str]:
+    """One hemisphere's row of the result table (every column, as text)."""
+    labels = context.labels
+    trained = context.segmentation_trained
+    length = morph.length_mm if trained else None
+    call = hemisphere_call(context.class_rule, prediction.class_probabilities, length, labels)
+    agreement = NA if call.agreement is None else ("true" if call.agreement else "false")
+    return {
+        "hemisphere": hemisphere,
+        "pcs_class": call.pcs_class,
+        "pcs_class_network": call.network_class,
+        "pcs_class_length": call.length_class or NA,
+        "class_agreement": agreement,
+        **{f"p_{name}": _number(p, 4) for name, p in
+           zip(labels.classes, prediction.class_probabilities, strict=True)},
+        "class_entropy": _number(class_entropy(prediction.class_probabilities), 4),
+        "mask_uncertainty": _number(mask_uncertainty(prediction.pcs_probability), 4)
+        if trained else NA,
+        "flip_agreement": _number(prediction.flip_agreement, 4) if trained else NA,
+        "pcs_length_mm": _number(length, 2),
+        "pcs_volume_mm3": _number(morph.volume_mm3 if trained else None, 1),
+        **_qc_columns(qc, hemisphere),
+    }
+
+
+def column_descriptions(classes: tuple[str, ...]) -> dict[str, str]:
+    """What each column of the result table means (the JSON sidecar's ``Columns``)."""
+    names = ", ".join(classes)
+    return {
+        "hemisphere": "L (left) or R (right)",
+        "pcs_class": f"reported class ({names}) under ClassRule: 'length' takes the class of "
+                     "pcs_length_mm with the Thresholds, 'network' the classification head's "
+                     "(n/a: not run)",
+        "pcs_class_network": "most probable class of the network's classification head",
+        "pcs_class_length": "class of pcs_length_mm with the Thresholds (n/a: no trained mask)",
+        "class_agreement": "true when pcs_class_network equals pcs_class_length; false rows "
+                           "are flagged for review (n/a: no trained mask)",
+        **{f"p_{c}": f"probability of class {c} from the network's classification head"
+           for c in classes},
+        "class_entropy": "entropy of the class probabilities over log(number of classes): "
+                         "0 certain, 1 uniform",
+        "mask_uncertainty": "share of the voxels with P(PCS) > 0.25 whose P(PCS) is at most "
+                            "0.75, on the crop grid: 0 crisp (or empty), 1 all unsure",
+        "flip_agreement": "Dice of the masks predicted on the crop and on its left-right "
+                          "mirror image (flip test-time augmentation); n/a without FlipTTA",
+        "pcs_length_mm": "length of the predicted mask along the sulcus in sagittal view (mm)",
+        "pcs_volume_mm3": "volume of the predicted mask on the T1w grid (mm3)",
+        "qc_correlation": "correlation of the hemisphere's crop with the template "
+                          "(registration QC)",
+        "qc_passed": "true when registration QC passed; false rows carry no PCS values",
+    }
 
 
 def _qc_columns(qc: Mapping[str, Any], hemisphere: str) -> dict[str, str]:

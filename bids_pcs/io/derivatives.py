@@ -44,6 +44,8 @@ BIDSIGNORE_PATTERNS = (
     "*_pcs.json",
     "*_qc.json",
     "group_pcs.*",
+    "review.*",
+    "*_ratings*",
 )
 
 # what each label of the PCS segmentation (desc-pcs_dseg) is; its index comes from
@@ -235,8 +237,22 @@ def xfm_path(output_dir: Path, source: T1wImage, *, inverse: bool = False,
 
 # per-image PCS results (docs/architecture.md, "Per-image PCS results"): written by
 # inference, read back by the reports, the group level and the demo
-PCS_TABLE_COLUMNS = ("hemisphere", "pcs_class", "p_absent", "p_present", "p_prominent",
-                     "pcs_length_mm", "pcs_volume_mm3", "qc_correlation", "qc_passed")
+PCS_CALL_COLUMNS = ("pcs_class", "pcs_class_network", "pcs_class_length", "class_agreement")
+PCS_UNCERTAINTY_COLUMNS = ("class_entropy", "mask_uncertainty", "flip_agreement")
+# what every table has, whatever its class scheme and version
+PCS_TABLE_REQUIRED = ("hemisphere", "pcs_class", "pcs_length_mm", "pcs_volume_mm3",
+                      "qc_correlation", "qc_passed")
+
+
+def pcs_table_columns(classes: tuple[str, ...] = ("absent", "present", "prominent"),
+                      ) -> tuple[str, ...]:
+    """The columns of ``<prefix>_desc-pcs_pcs.tsv`` for a class scheme (one ``p_`` per class)."""
+    return ("hemisphere", *PCS_CALL_COLUMNS, *(f"p_{c}" for c in classes),
+            *PCS_UNCERTAINTY_COLUMNS, "pcs_length_mm", "pcs_volume_mm3", "qc_correlation",
+            "qc_passed")
+
+
+PCS_TABLE_COLUMNS = pcs_table_columns()
 
 
 def pcs_table_path(output_dir: Path, source: T1wImage) -> Path:

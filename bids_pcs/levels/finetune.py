@@ -1,13 +1,15 @@
 """The ``finetune`` analysis level: supervised training on labelled crops.
 
 ``bids_pcs BIDS_DIR OUTPUT_DIR finetune --init MODEL_DIR|scratch --strategy S
---labels LABELS_DIR``:
+--labels LABELS``:
 
 1. checks the initial model (crop geometry, template, classes, architecture)
    before any work;
-2. reads the label dataset for the selected T1w images; images *without* a
-   PCS dseg are skipped with a warning (there is nothing to supervise them
-   with; the run fails only when no image is labelled);
+2. reads the label source for the selected T1w images (a label dataset with
+   masks for none, some or all images, a class table, or a folder of rating
+   files: :mod:`bids_pcs.io.labels`); images with neither a mask nor a class
+   are skipped with a warning (the run fails only when no image is labelled);
+   images without a mask train the classification only;
 3. preprocesses the labelled images whose crops are missing (the participant
    level's API); images that fail registration QC are skipped and logged;
 4. builds both crops of every image with their targets on the crop grid
@@ -70,7 +72,8 @@ def _finetune(settings: Settings, context: DistContext, device: torch.device) ->
         raise InputDataError("finetune needs --init MODEL_DIR (a pre-trained model) or "
                              "--init scratch.")
     if not run_settings.labels:
-        raise InputDataError("finetune needs --labels LABELS_DIR (a PCS label dataset).")
+        raise InputDataError("finetune needs --labels LABELS (a PCS label dataset, a class "
+                             "table or a folder of rating files).")
     get_strategy(settings.finetune.strategy, settings.finetune)  # refuse a bad name early
     # read and checked once, before any work; the same weights seed the network
     init = open_init(settings, run_settings.init)

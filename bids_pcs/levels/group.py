@@ -8,7 +8,13 @@ writes, atomically:
   joined with the raw participants.tsv when the raw dataset is reachable
   (BIDS_DIR, else ``DatasetLinks.raw`` of OUTPUT_DIR/dataset_description.json);
 - ``group_pcs.json``: the summary numbers and a description of every column;
-- ``group_pcs.html``: the figures (see :mod:`bids_pcs.reports.group_page`).
+- ``review.tsv`` (+ ``review.json``): every call ranked by how much a second
+  look is worth (:mod:`bids_pcs.reports.review`);
+- ``group_pcs.html``: the figures and the "review first" list (see
+  :mod:`bids_pcs.reports.group_page`).
+
+The columns adapt to the class scheme of the results (three classes, or the
+binary absent / present).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import logging
 from pathlib import Path
 
 from bids_pcs import APP_NAME, __version__
-from bids_pcs.config import Settings
+from bids_pcs.config import BINARY_CLASSES, Settings
 from bids_pcs.errors import InputDataError
 from bids_pcs.io.atomic import write_json, write_text
 from bids_pcs.reports.boilerplate import methods_from_results, write_citation
@@ -29,9 +35,17 @@ from bids_pcs.reports.group_table import (
     participant_columns,
     read_participants,
     summarise,
+    table_classes,
     to_tsv,
 )
 from bids_pcs.reports.results import collect_results, find_raw_dataset
+from bids_pcs.reports.review import (
+    REVIEW_COLUMNS,
+    REVIEW_JSON,
+    REVIEW_TSV,
+    review_rows,
+    review_tsv,
+)
 
 LOGGER = logging.getLogger("bids_pcs.group")
 
@@ -77,6 +91,8 @@ def run(settings: Settings) -> None:
     summary = summarise(table, by_columns)
     thresholds = _thresholds(results, settings)
     participants_source = str(raw_dir / "participants.tsv") if participants is not None else None
+    review = review_rows(results, settings.review, thresholds=thresholds,
+                         binary=table_classes(table) == BINARY_CLASSES)
 
     write_text(output_dir / GROUP_TSV, to_tsv(table))
     write_json(output_dir / GROUP_JSON, {
@@ -89,14 +105,24 @@ def run(settings: Settings) -> None:
         "Columns": {c: COLUMN_DESCRIPTIONS.get(c, "from participants.tsv of the raw dataset")
                     for c in table.columns},
     })
+    write_text(output_dir / REVIEW_TSV, review_tsv(review))
+    write_json(output_dir / REVIEW_JSON, {
+        "Description": "Calls ranked by how much a second look is worth; see the reasons "
+                       "and weights in the bids_pcs documentation (review queue).",
+        "Settings": settings.to_dict()["review"],
+        "Thresholds": {"present_min_mm": thresholds[0], "prominent_min_mm": thresholds[1]},
+        "NFlagged": sum(1 for row in review if row.flagged),
+        "Columns": REVIEW_COLUMNS,
+    })
     methods = methods_from_results(results, output_dir)
     write_group_report(output_dir / GROUP_HTML, table, summary, by_columns=by_columns,
                        thresholds=thresholds, participants_source=participants_source,
-                       methods=methods)
+                       methods=methods, review=review, review_shown=settings.review.shown)
     write_citation(output_dir, methods)
-    LOGGER.info("Group summary of %d image(s) from %d participant(s): %s, %s, %s",
-                summary["n_images"], summary["n_participants"], GROUP_TSV, GROUP_JSON,
-                GROUP_HTML)
+    LOGGER.info("Group summary of %d image(s) from %d participant(s): %s, %s, %s; %d call(s) "
+                "flagged for review in %s", summary["n_images"], summary["n_participants"],
+                GROUP_TSV, GROUP_JSON, GROUP_HTML, sum(1 for row in review if row.flagged),
+                REVIEW_TSV)
     if summary["n_images_qc_failed"]:
         LOGGER.warning("%d image(s) failed registration QC; listed in %s",
                        summary["n_images_qc_failed"], GROUP_HTML)

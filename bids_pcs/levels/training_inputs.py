@@ -196,7 +196,7 @@ def collect_labelled(settings: Settings, context: DistContext,
     """
     run_settings = settings.run
     images = selected_images(settings)
-    # images without a dseg cannot be supervised: skipped (and logged) by read_labels
+    # images with neither a mask nor a class cannot be supervised: skipped (and logged)
     records = read_labels(run_settings.labels, images, settings.labels,
                           bids_dir=run_settings.bids_dir, require_all=False)
     labelled_images = [record.image for record in records]

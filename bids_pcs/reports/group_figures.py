@@ -11,21 +11,21 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from bids_pcs.config import PCS_CLASSES
 from bids_pcs.reports.figures import (
     CLASS_COLOURS,
     HEMISPHERE_COLOURS,
     report_style,
     to_data_uri,
 )
-from bids_pcs.reports.group_table import SIDES
+from bids_pcs.reports.group_table import SIDES, table_classes
 
 _SIDE_COLOURS = {side: HEMISPHERE_COLOURS[h] for h, side in SIDES.items()}
 
 
 def prevalence_figure(rows: pd.DataFrame) -> str | None:
     """Class shares per hemisphere as 100 % stacked bars, with counts."""
-    data = {side.capitalize(): _class_counts(rows, side) for side in SIDES.values()}
+    classes = table_classes(rows)
+    data = {side.capitalize(): _class_counts(rows, side, classes) for side in SIDES.values()}
     if not any(sum(c.values()) for c in data.values()):
         return None
     with report_style():
@@ -33,7 +33,7 @@ def prevalence_figure(rows: pd.DataFrame) -> str | None:
         ax = fig.add_subplot()
         _stacked_bars(ax, data)
         ax.set_title("PCS class by hemisphere", loc="left")
-        _class_legend(fig)
+        _class_legend(fig, classes)
         return to_data_uri(fig)
 
 
@@ -42,16 +42,18 @@ def prevalence_by_figure(rows: pd.DataFrame, column: str) -> str | None:
     values = sorted(rows[column].dropna().unique(), key=str)
     if not values:
         return None
+    classes = table_classes(rows)
     with report_style():
         height = 0.9 + 0.42 * len(values)
         fig = Figure(figsize=(10.0, height))
         axes = fig.subplots(1, 2, sharey=True, gridspec_kw={"wspace": 0.08})
         for ax, side in zip(axes, SIDES.values(), strict=True):
-            data = {str(v): _class_counts(rows[rows[column] == v], side) for v in values}
+            data = {str(v): _class_counts(rows[rows[column] == v], side, classes)
+                    for v in values}
             _stacked_bars(ax, data)
             ax.set_title(f"{side} hemisphere", loc="left")
         axes[0].set_ylabel(column)
-        _class_legend(fig)
+        _class_legend(fig, classes)
         return to_data_uri(fig)
 
 
@@ -60,11 +62,12 @@ def length_figure(rows: pd.DataFrame, thresholds: tuple[float, float]) -> str | 
     if not any(rows[f"pcs_length_mm_{s}"].notna().any() for s in SIDES.values()):
         return None
     rng = np.random.default_rng(0)  # fixed jitter: the same figure on every run
+    classes = table_classes(rows)
     with report_style():
         fig = Figure(figsize=(10.0, 3.4))
         axes = fig.subplots(1, 2, sharey=True, gridspec_kw={"wspace": 0.08})
         for ax, side in zip(axes, SIDES.values(), strict=True):
-            for position, pcs_class in enumerate(PCS_CLASSES):
+            for position, pcs_class in enumerate(classes):
                 lengths = rows.loc[rows[f"pcs_class_{side}"] == pcs_class,
                                    f"pcs_length_mm_{side}"].dropna().to_numpy()
                 if lengths.size:
@@ -81,8 +84,8 @@ def length_figure(rows: pd.DataFrame, thresholds: tuple[float, float]) -> str | 
                         transform=ax.get_xaxis_transform(), fontsize=8, color="#4b5563")
             for threshold in thresholds:
                 ax.axhline(threshold, color="#9ca3af", linestyle="--", linewidth=0.8, zorder=1)
-            ax.set_xticks(range(len(PCS_CLASSES)), PCS_CLASSES)
-            ax.set_xlim(-0.6, len(PCS_CLASSES) - 0.4)
+            ax.set_xticks(range(len(classes)), classes)
+            ax.set_xlim(-0.6, len(classes) - 0.4)
             ax.set_title(f"{side} hemisphere", loc="left", pad=14)
         axes[0].set_ylabel("PCS length (mm)")
         axes[0].set_ylim(bottom=0)
@@ -94,6 +97,7 @@ def asymmetry_figure(rows: pd.DataFrame, thresholds: tuple[float, float]) -> str
     both = rows.dropna(subset=["pcs_length_mm_left", "pcs_length_mm_right"])
     if both.empty:
         return None
+    classes = list(table_classes(rows))
     with report_style():
         fig = Figure(figsize=(11.5, 3.5))
         scatter, histogram, matrix = fig.subplots(
@@ -121,22 +125,22 @@ def asymmetry_figure(rows: pd.DataFrame, thresholds: tuple[float, float]) -> str
         histogram.set_title(f"asymmetry (n = {index.size}{mean})", loc="left")
 
         counts = pd.crosstab(both["pcs_class_left"], both["pcs_class_right"]).reindex(
-            index=list(PCS_CLASSES), columns=list(PCS_CLASSES), fill_value=0).to_numpy()
+            index=classes, columns=classes, fill_value=0).to_numpy()
         matrix.imshow(counts, cmap="Blues", vmin=0, vmax=max(1, counts.max()))
         for (i, j), value in np.ndenumerate(counts):
             matrix.text(j, i, str(value), ha="center", va="center", fontsize=9,
                         color="white" if value > counts.max() * 0.6 else "#111827")
-        matrix.set_xticks(range(3), PCS_CLASSES)
-        matrix.set_yticks(range(3), PCS_CLASSES)
+        matrix.set_xticks(range(len(classes)), classes)
+        matrix.set_yticks(range(len(classes)), classes)
         matrix.set(xlabel="right hemisphere", ylabel="left hemisphere")
         matrix.spines[:].set_visible(False)
         matrix.set_title("class, left x right", loc="left")
         return to_data_uri(fig)
 
 
-def _class_counts(rows: pd.DataFrame, side: str) -> dict[str, int]:
-    classes = rows[f"pcs_class_{side}"].dropna()
-    return {c: int((classes == c).sum()) for c in PCS_CLASSES}
+def _class_counts(rows: pd.DataFrame, side: str, classes: tuple[str, ...]) -> dict[str, int]:
+    values = rows[f"pcs_class_{side}"].dropna()
+    return {c: int((values == c).sum()) for c in classes}
 
 
 def _stacked_bars(ax, data: dict[str, dict[str, int]]) -> None:
@@ -145,7 +149,7 @@ def _stacked_bars(ax, data: dict[str, dict[str, int]]) -> None:
     positions = np.arange(len(labels))[::-1]
     starts = np.zeros(len(labels))
     totals = np.array([max(1, sum(data[k].values())) for k in labels], dtype=float)
-    for pcs_class in PCS_CLASSES:
+    for pcs_class in data[labels[0]]:
         counts = np.array([data[k][pcs_class] for k in labels], dtype=float)
         shares = counts / totals * 100
         ax.barh(positions, shares, left=starts, color=CLASS_COLOURS[pcs_class], height=0.62,
@@ -163,9 +167,10 @@ def _stacked_bars(ax, data: dict[str, dict[str, int]]) -> None:
     ax.tick_params(axis="y", length=0)
 
 
-def _class_legend(fig: Figure) -> None:
+def _class_legend(fig: Figure, classes: tuple[str, ...]) -> None:
     from matplotlib.patches import Patch
 
     handles = [Patch(facecolor=CLASS_COLOURS[c], edgecolor="#9ca3af", label=c)
-               for c in PCS_CLASSES]
-    fig.legend(handles=handles, loc="upper right", ncol=3, bbox_to_anchor=(0.99, 1.06))
+               for c in classes]
+    fig.legend(handles=handles, loc="upper right", ncol=len(classes),
+               bbox_to_anchor=(0.99, 1.06))

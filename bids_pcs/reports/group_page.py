@@ -1,9 +1,11 @@
 """The group report ``OUTPUT_DIR/group_pcs.html``.
 
-Sections: overview numbers, class prevalence per hemisphere, prevalence by
-each categorical participants.tsv column, length distributions, left-right
-asymmetry, the list of registration QC failures (linked to the subject
-reports) and the table of every image.
+Sections: overview numbers, "review first" (the flagged calls of
+``review.tsv``, linked to the subject reports), class prevalence per
+hemisphere, prevalence by each categorical participants.tsv column, length
+distributions, left-right asymmetry, the list of registration QC failures
+(linked to the subject reports) and the table of every image. Class columns
+follow the results' scheme (three classes, or absent / present).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from bids_pcs.reports.group_figures import (
     prevalence_by_figure,
     prevalence_figure,
 )
-from bids_pcs.reports.group_table import SIDES, statistics_rows
+from bids_pcs.reports.group_table import SIDES, statistics_rows, table_classes
+from bids_pcs.reports.review import REVIEW_TSV, ReviewRow
 
 _NO_PCS = ("No PCS results in this dataset yet: the participant level ran without --model, "
            "so only registration QC is summarised.")
@@ -33,16 +36,20 @@ _NO_PCS = ("No PCS results in this dataset yet: the participant level ran withou
 def write_group_report(path: Path, table: pd.DataFrame, summary: dict[str, Any], *,
                        by_columns: Sequence[str], thresholds: tuple[float, float],
                        participants_source: str | None,
-                       methods: Sequence[str] = ()) -> Path:
+                       methods: Sequence[str] = (), review: Sequence[ReviewRow] = (),
+                       review_shown: int = 25) -> Path:
     """Render the group page for ``table`` and its ``summary``; write it atomically.
 
-    ``methods``: the boilerplate's paragraphs (:mod:`bids_pcs.reports.boilerplate`).
+    ``methods``: the boilerplate's paragraphs (:mod:`bids_pcs.reports.boilerplate`);
+    ``review``: the ranked review queue (:mod:`bids_pcs.reports.review`), of which
+    the first ``review_shown`` flagged rows are shown.
     """
     rows = statistics_rows(table)
     has_pcs = summary["n_images_with_pcs"] > 0
     links = _ReportLinks(Path(path).parent)
     sections = [
         ("overview", "Overview", _overview(summary, participants_source)),
+        ("review", "Review first", _review(review, review_shown, links)),
         ("prevalence", "Prevalence", _prevalence(rows, summary, has_pcs)),
         ("by-group", "By group", _by_group(rows, summary, by_columns, has_pcs,
                                            participants_source)),
@@ -87,6 +94,7 @@ def _prevalence(rows: pd.DataFrame, summary: dict[str, Any], has_pcs: bool) -> h
     if not has_pcs:
         return h.notice(_NO_PCS)
     parts: list[str] = []
+    classes = table_classes(rows)
     uri = prevalence_figure(rows)
     if uri:
         parts.append(h.figure(uri, "PCS class prevalence per hemisphere",
@@ -96,10 +104,10 @@ def _prevalence(rows: pd.DataFrame, summary: dict[str, Any], has_pcs: bool) -> h
         entry = summary["prevalence"][side]
         counts = entry["counts"]
         table_rows.append([side.capitalize(), entry["n"],
-                           *(_count_pct(counts[c], entry["n"]) for c in PCS_CLASSES),
+                           *(_count_pct(counts[c], entry["n"]) for c in classes),
                            _pct(entry["fraction_with_pcs"])])
-    parts.append(h.table(["Hemisphere", "Images", *PCS_CLASSES, "With a PCS"], table_rows,
-                         numeric=(1, 2, 3, 4, 5)))
+    parts.append(h.table(["Hemisphere", "Images", *classes, "With a PCS"], table_rows,
+                         numeric=tuple(range(1, len(classes) + 3))))
     return h.join(parts)
 
 
@@ -141,7 +149,7 @@ def _length(rows: pd.DataFrame, summary: dict[str, Any], thresholds: tuple[float
             f"Dashed lines: the class thresholds at {thresholds[0]:g} and {thresholds[1]:g} mm."))
     table_rows = []
     for side in SIDES.values():
-        for group in ("all", *PCS_CLASSES):
+        for group in ("all", *table_classes(rows)):
             stats = summary["length_mm"][side][group]
             table_rows.append([side.capitalize(), group, stats["n"], h.fmt(stats["mean"]),
                                h.fmt(stats["sd"]), h.fmt(stats["median"]),
@@ -174,6 +182,34 @@ def _asymmetry(rows: pd.DataFrame, summary: dict[str, Any], thresholds: tuple[fl
         ("Mean asymmetry index", h.fmt(stats["asymmetry_index"]["mean"], 3)),
     ]))
     return h.join(parts)
+
+
+def _review(review: Sequence[ReviewRow], shown: int, links: _ReportLinks) -> h.Html:
+    flagged = [row for row in review if row.flagged]
+    if not flagged:
+        return h.notice(f"Nothing stands out: no call is uncertain, near a class threshold or "
+                        f"in disagreement with its length, and no registration is borderline "
+                        f"({len(review)} row(s) ranked in {REVIEW_TSV}).", "ok")
+    rows = []
+    for rank, row in enumerate(flagged[:shown], start=1):
+        values = row.values
+        rows.append([rank, links.cell(row.participant_id, row.image),
+                     row.hemisphere or "image", _class_cell(values.get("pcs_class"))
+                     if values.get("pcs_class") else "n/a",
+                     h.fmt(values.get("pcs_length_mm")), h.fmt(row.priority, 2),
+                     "; ".join(row.reasons)])
+    content = h.table(["#", "Image", "Hemisphere", "Class", "Length (mm)", "Priority", "Why"],
+                      rows, numeric=(0, 4, 5), css="wide")
+    more = (f" The first {shown} are shown; {REVIEW_TSV} lists all {len(flagged)}."
+            if len(flagged) > shown else "")
+    return h.join([
+        h.paragraph(f"{len(flagged)} call(s) worth a second look, most worth it first: "
+                    "uncertain classes, lengths near a class threshold, classes that "
+                    "disagree with their measured length, borderline or failed registrations. "
+                    "Open a report to rate the call (accept or correct); the saved rating "
+                    f"files fine-tune the next model (finetune --labels).{more}", "muted"),
+        h.Html(f'<div class="scroll">{content}</div>'),
+    ])
 
 
 def _qc_failures(table: pd.DataFrame, links: _ReportLinks) -> h.Html:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bids_pcs.config import PCS_CLASSES
+from bids_pcs.config import BINARY_CLASSES, PCS_CLASSES
 from bids_pcs.io.bids_names import entity_order
 from bids_pcs.reports.results import ImageResults
 
@@ -47,13 +47,36 @@ COLUMN_DESCRIPTIONS.update({key: f"{key}- entity of the T1w image" for key in en
                             if key not in ("sub", "ses")})
 for _side in SIDES.values():
     COLUMN_DESCRIPTIONS.update({
-        f"pcs_class_{_side}": f"predicted PCS class of the {_side} hemisphere "
-                              "(absent, present, prominent; n/a: inference not run)",
+        f"pcs_class_{_side}": f"reported PCS class of the {_side} hemisphere under the class "
+                              "rule (absent, present[, prominent]; n/a: inference not run)",
+        f"pcs_class_network_{_side}": f"the classification head's class, {_side} hemisphere",
+        f"class_agreement_{_side}": f"whether the head's class and the class of the measured "
+                                    f"length agree, {_side} hemisphere (false: review)",
         **{f"p_{c}_{_side}": f"predicted probability of class {c}, {_side} hemisphere"
            for c in PCS_CLASSES},
+        f"class_entropy_{_side}": f"normalised entropy of the class probabilities, {_side} "
+                                  "hemisphere (0 certain, 1 uniform)",
+        f"mask_uncertainty_{_side}": f"share of unsure candidate PCS voxels, {_side} "
+                                     "hemisphere",
+        f"flip_agreement_{_side}": f"Dice of the masks of the crop and its mirror image (flip "
+                                   f"TTA), {_side} hemisphere",
         f"pcs_length_mm_{_side}": f"PCS length along the sulcus, {_side} hemisphere (mm)",
         f"pcs_volume_mm3_{_side}": f"PCS mask volume, {_side} hemisphere (mm3)",
     })
+_UNCERTAINTY = ("class_entropy", "mask_uncertainty", "flip_agreement")
+
+
+def results_classes(results: Sequence[ImageResults]) -> tuple[str, ...]:
+    """The class scheme of the results: binary only when every table is binary."""
+    schemes = {hemi.classes for r in results for hemi in r.hemispheres.values()}
+    if schemes and all(s == BINARY_CLASSES for s in schemes):
+        return BINARY_CLASSES
+    return PCS_CLASSES
+
+
+def table_classes(table: pd.DataFrame) -> tuple[str, ...]:
+    """The class scheme of a group table, read from its ``p_<class>_left`` columns."""
+    return tuple(c for c in PCS_CLASSES if f"p_{c}_left" in table.columns) or PCS_CLASSES
 
 
 def read_participants(raw_dir: Path | None) -> pd.DataFrame | None:
@@ -86,6 +109,7 @@ def group_table(results: Sequence[ImageResults],
     # every entity that tells two T1w images of a session apart, in BIDS order
     entity_keys = [k for k in entity_order()
                    if any(k in dict(r.image.entities) for r in results)]
+    classes = results_classes(results)
     rows = []
     for result in results:
         image = result.image
@@ -99,8 +123,12 @@ def group_table(results: Sequence[ImageResults],
         for hemisphere, side in SIDES.items():
             hemi = result.hemispheres.get(hemisphere)
             row[f"pcs_class_{side}"] = hemi.pcs_class if hemi else None
-            for c in PCS_CLASSES:
+            row[f"pcs_class_network_{side}"] = hemi.network_class if hemi else None
+            row[f"class_agreement_{side}"] = hemi.classes_agree if hemi else None
+            for c in classes:
                 row[f"p_{c}_{side}"] = hemi.probabilities.get(c) if hemi else None
+            for name in _UNCERTAINTY:
+                row[f"{name}_{side}"] = getattr(hemi, name) if hemi else None
             row[f"pcs_length_mm_{side}"] = hemi.length_mm if hemi else None
             row[f"pcs_volume_mm3_{side}"] = hemi.volume_mm3 if hemi else None
         row["pcs_asymmetry_index"] = asymmetry_index(row["pcs_length_mm_left"],
@@ -114,9 +142,10 @@ def group_table(results: Sequence[ImageResults],
     table = pd.DataFrame(rows)
     for column in table.columns:
         if column.startswith(("p_", "pcs_length", "pcs_volume", "pcs_asym", "qc_corr",
-                              "qc_thr")):
+                              "qc_thr", *_UNCERTAINTY)):
             table[column] = pd.to_numeric(table[column], errors="coerce").astype(float)
-    table["qc_passed"] = table["qc_passed"].astype(object)
+    for column in ("qc_passed", *(f"class_agreement_{side}" for side in SIDES.values())):
+        table[column] = table[column].astype(object)
     if participants is not None:
         extra = participants.rename(columns={
             c: f"participants_{c}" for c in participants.columns
@@ -186,9 +215,9 @@ def summarise(table: pd.DataFrame, by_columns: Sequence[str] = ()) -> dict[str, 
 def prevalence(rows: pd.DataFrame, side: str) -> dict[str, Any]:
     """Class counts of one hemisphere, and the fraction with a PCS (present or prominent)."""
     classes = rows[f"pcs_class_{side}"].dropna()
-    counts = {c: int((classes == c).sum()) for c in PCS_CLASSES}
+    counts = {c: int((classes == c).sum()) for c in table_classes(rows)}
     n = int(classes.size)
-    with_pcs = counts["present"] + counts["prominent"]
+    with_pcs = n - counts["absent"]
     return {"n": n, "counts": counts,
             "fraction_with_pcs": round(with_pcs / n, 4) if n else None}
 
@@ -205,7 +234,7 @@ def to_tsv(table: pd.DataFrame) -> str:
     """The table as BIDS TSV text: ``n/a`` for missing values, ``true``/``false``."""
     out = table.copy()
     for column in out.columns:
-        digits = 4 if column.startswith(("p_", "qc_", "pcs_asym")) else 2
+        digits = 4 if column.startswith(("p_", "qc_", "pcs_asym", *_UNCERTAINTY)) else 2
         out[column] = out[column].map(lambda v, d=digits: _cell(v, d))
     return out.to_csv(sep="\t", index=False, lineterminator="\n")
 
@@ -214,7 +243,7 @@ def _length_stats(rows: pd.DataFrame, side: str) -> dict[str, Any]:
     lengths = rows[f"pcs_length_mm_{side}"]
     classes = rows[f"pcs_class_{side}"]
     out = {"all": _describe(lengths)}
-    for c in PCS_CLASSES:
+    for c in table_classes(rows):
         out[c] = _describe(lengths[classes == c])
     return out
 
@@ -224,6 +253,7 @@ def _asymmetry(rows: pd.DataFrame) -> dict[str, Any]:
     difference = both["pcs_length_mm_left"] - both["pcs_length_mm_right"]
     index = both["pcs_asymmetry_index"].dropna()
     crossed = pd.crosstab(both["pcs_class_left"], both["pcs_class_right"])
+    classes = table_classes(rows)
     return {
         "n": int(len(both)),
         "length_difference_mm": _describe(difference),
@@ -234,7 +264,7 @@ def _asymmetry(rows: pd.DataFrame) -> dict[str, Any]:
         "class_left_by_right": {
             left: {right: int(crossed.at[left, right])
                    if left in crossed.index and right in crossed.columns else 0
-                   for right in PCS_CLASSES} for left in PCS_CLASSES},
+                   for right in classes} for left in classes},
     }
 
 

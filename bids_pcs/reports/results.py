@@ -28,13 +28,13 @@ from urllib.parse import unquote, urlparse
 
 import pandas as pd
 
-from bids_pcs.config import HEMISPHERES, PCS_CLASSES
+from bids_pcs.config import CLASS_SCHEMES, HEMISPHERES, PCS_CLASSES
 from bids_pcs.errors import InputDataError
 from bids_pcs.io.bids_input import T1wImage
 from bids_pcs.io.bids_names import parse_name
 from bids_pcs.io.derivatives import (
     DERIVATIVE_ENTITIES,
-    PCS_TABLE_COLUMNS,
+    PCS_TABLE_REQUIRED,
     crop_path,
     dseg_path,
     pcs_metadata_path,
@@ -55,12 +55,27 @@ _ENTITY = re.compile(r"^([a-z]+)-([A-Za-z0-9]+)$")
 
 @dataclass(frozen=True)
 class HemisphereResult:
-    """PCS of one hemisphere: class, class probabilities, length and volume."""
+    """PCS of one hemisphere: class, class probabilities, length, volume and uncertainty.
+
+    ``probabilities`` has one entry per class of the table's scheme (three
+    classes, or absent / present). The call and uncertainty fields are
+    ``None`` in tables written before they existed, and where not computed.
+    """
 
     pcs_class: str | None
     probabilities: dict[str, float | None]
     length_mm: float | None
     volume_mm3: float | None
+    network_class: str | None = None
+    length_class: str | None = None
+    classes_agree: bool | None = None
+    class_entropy: float | None = None
+    mask_uncertainty: float | None = None
+    flip_agreement: float | None = None
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.probabilities)
 
 
 @dataclass(frozen=True)
@@ -230,9 +245,16 @@ def collect_results(output_dir: Path, subject: str | None = None) -> list[ImageR
 
 
 def read_pcs_table(path: Path) -> dict[str, HemisphereResult]:
-    """``<prefix>_desc-pcs_pcs.tsv`` as one :class:`HemisphereResult` per hemisphere."""
+    """``<prefix>_desc-pcs_pcs.tsv`` as one :class:`HemisphereResult` per hemisphere.
+
+    The class scheme is read from the ``p_<class>`` columns: the three
+    classes, or the binary absent / present.
+    """
     frame = _read_tsv(path)
-    missing = [c for c in PCS_TABLE_COLUMNS if c not in frame.columns]
+    classes = tuple(c for c in PCS_CLASSES if f"p_{c}" in frame.columns)
+    missing = [c for c in PCS_TABLE_REQUIRED if c not in frame.columns]
+    if classes not in CLASS_SCHEMES:
+        missing += [f"p_{c}" for c in PCS_CLASSES[:2] if c not in classes]
     if missing:
         raise InputDataError(f"{path} lacks the column(s) {', '.join(missing)}; rerun the "
                              "participant level with this version of bids_pcs.")
@@ -241,15 +263,23 @@ def read_pcs_table(path: Path) -> dict[str, HemisphereResult]:
         hemisphere = str(row["hemisphere"])
         if hemisphere not in HEMISPHERES:
             raise InputDataError(f"{path} has hemisphere {hemisphere!r}; expected L or R.")
-        pcs_class = _text(row["pcs_class"])
-        if pcs_class is not None and pcs_class not in PCS_CLASSES:
-            raise InputDataError(f"{path} has class {pcs_class!r}; expected one of "
-                                 f"{', '.join(PCS_CLASSES)}.")
+        found = {column: _text(row.get(column))
+                 for column in ("pcs_class", "pcs_class_network", "pcs_class_length")}
+        for column, name in found.items():
+            if name is not None and name not in classes:
+                raise InputDataError(f"{path} has {column} {name!r}; expected one of "
+                                     f"{', '.join(classes)}.")
         out[hemisphere] = HemisphereResult(
-            pcs_class=pcs_class,
-            probabilities={c: _number(row[f"p_{c}"]) for c in PCS_CLASSES},
+            pcs_class=found["pcs_class"],
+            probabilities={c: _number(row[f"p_{c}"]) for c in classes},
             length_mm=_number(row["pcs_length_mm"]),
             volume_mm3=_number(row["pcs_volume_mm3"]),
+            network_class=found["pcs_class_network"],
+            length_class=found["pcs_class_length"],
+            classes_agree=_flag(row.get("class_agreement")),
+            class_entropy=_number(row.get("class_entropy")),
+            mask_uncertainty=_number(row.get("mask_uncertainty")),
+            flip_agreement=_number(row.get("flip_agreement")),
         )
     return out
 

@@ -2,8 +2,11 @@
 
 One section per T1w image: registration QC (template outlines over the crops
 and the QC verdict), the PCS mask over the native T1w (sagittal slices per
-hemisphere and projections), classes with their probabilities, length and
-volume per hemisphere, and the model's provenance. Everything is read from
+hemisphere and projections), the reported class with the classification
+head's and the length's classes beside it (a disagreement flagged), the class
+probabilities, uncertainty, length and volume per hemisphere, the model's
+provenance, and an offline rating form (:mod:`bids_pcs.reports.rating_form`)
+whose ratings the "Ratings" section saves as a file. Everything is read from
 the derivative files on disk, so the report can be rebuilt from OUTPUT_DIR
 alone; an image without a model (a preprocessing-only run) gets its
 registration QC and a "not run" note.
@@ -20,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bids_pcs import __version__
-from bids_pcs.config import HEMISPHERES, PCS_CLASSES, TEMPLATE_NAME, LabelSettings
+from bids_pcs.config import BINARY_CLASSES, HEMISPHERES, PCS_CLASSES, TEMPLATE_NAME, LabelSettings
 from bids_pcs.errors import InputDataError
 from bids_pcs.io.bids_input import T1wImage, normalise_label
 from bids_pcs.io.derivatives import (
@@ -36,6 +39,8 @@ from bids_pcs.reports.figures import (
     OUTLINE_COLOURS,
 )
 from bids_pcs.reports.pcs_figures import load_native, projection_figure, sagittal_figure
+from bids_pcs.reports.rating_form import SECTION_ID as RATINGS_SECTION
+from bids_pcs.reports.rating_form import image_form, save_section
 from bids_pcs.reports.registration_figures import registration_figure
 from bids_pcs.reports.results import (
     ImageResults,
@@ -83,14 +88,17 @@ def write_subject_report(output_dir: Path, subject: str,
     results = [load_results(output_dir, image) for image in chosen]
     dseg_labels = {"L": labels.dseg_left, "R": labels.dseg_right}
 
+    classes = _classes(results, labels)
     body = [_overview(results)]
-    body += [_image_section(result, raw_dir, dseg_labels, labels) for result in results]
+    body += [_image_section(result, raw_dir, dseg_labels, labels, classes)
+             for result in results]
+    body.append(save_section(subject, classes))
     body.append(h.section("methods", "Methods",
                           methods_html(methods_from_results(results, output_dir))))
     body.append(_about(results))
     nav = [("overview", "Overview")] + [(r.image.prefix, _short_name(r.image))
-                                        for r in results] + [("methods", "Methods"),
-                                                             ("about", "About")]
+                                        for r in results] + [
+        (RATINGS_SECTION, "Ratings"), ("methods", "Methods"), ("about", "About")]
     n = len(results)
     path = subject_report_path(output_dir, subject)
     h.write_page(path, title=f"sub-{subject} · bids_pcs", heading=f"Participant sub-{subject}",
@@ -117,8 +125,14 @@ def _overview(results: list[ImageResults]) -> h.Html:
     return h.section("overview", "Overview", content)
 
 
+def _classes(results: list[ImageResults], labels: LabelSettings) -> tuple[str, ...]:
+    """The class scheme the page's tables and forms use: the results' own, else the settings'."""
+    schemes = {hemi.classes for r in results for hemi in r.hemispheres.values()}
+    return next(iter(schemes)) if len(schemes) == 1 else tuple(labels.classes)
+
+
 def _image_section(result: ImageResults, raw_dir: Path | None, dseg_labels: dict[str, int],
-                   labels: LabelSettings) -> h.Html:
+                   labels: LabelSettings, classes: tuple[str, ...]) -> h.Html:
     image = result.image
     facts = [("Participant", f"sub-{image.subject}"),
              ("Session", f"ses-{image.session}" if image.session else "n/a")]
@@ -129,7 +143,8 @@ def _image_section(result: ImageResults, raw_dir: Path | None, dseg_labels: dict
              _segmentation_part(result, raw_dir, dseg_labels),
              _classification_part(result, labels),
              _model_part(result),
-             _files_part(result)]
+             _files_part(result),
+             image_form(result, classes)]
     return h.section(image.prefix, image.prefix, h.join(parts))
 
 
@@ -223,28 +238,67 @@ def _classification_part(result: ImageResults, labels: LabelSettings) -> h.Html:
         parts.append(h.notice("Not run: classes and measures come with PCS inference "
                               f"({pcs_table_path(result.output_dir, result.image).name})."))
         return h.join(parts)
-    rows = []
+    classes = next((hemi.classes for hemi in result.hemispheres.values()), PCS_CLASSES)
+    rows, sureness = [], []
+    disagreements = []
     for hemisphere in HEMISPHERES:
         hemi = result.hemispheres.get(hemisphere)
+        name = HEMISPHERE_NAMES[hemisphere].capitalize()
         if hemi is None:
-            rows.append([HEMISPHERE_NAMES[hemisphere].capitalize(), "n/a", *(["n/a"] * 5)])
+            rows.append([name, *(["n/a"] * (len(classes) + 4))])
             continue
-        rows.append([h.join([h.swatch(HEMISPHERE_COLOURS[hemisphere]),
-                             HEMISPHERE_NAMES[hemisphere].capitalize()]),
-                     _class_badge(hemi.pcs_class, True),
-                     *(h.probability_bar(hemi.probabilities.get(c)) for c in PCS_CLASSES),
+        label = h.join([h.swatch(HEMISPHERE_COLOURS[hemisphere]), name])
+        flag = h.badge("disagree", "bad") if hemi.classes_agree is False else ""
+        if hemi.classes_agree is False:
+            disagreements.append(
+                f"{name}: {hemi.length_class} by its length ({h.fmt(hemi.length_mm)} mm) but "
+                f"{hemi.network_class} by the classification head")
+        rows.append([label, h.join([_class_badge(hemi.pcs_class, True), " ", flag]),
+                     f"{hemi.network_class or 'n/a'} / {hemi.length_class or 'n/a'}",
+                     *(h.probability_bar(hemi.probabilities.get(c)) for c in classes),
                      h.fmt(hemi.length_mm), h.fmt(hemi.volume_mm3, 0)])
-    parts.append(h.table(["Hemisphere", "Class", *(f"P({c})" for c in PCS_CLASSES),
-                          "Length (mm)", "Volume (mm³)"], rows, numeric=(5, 6)))
-    thresholds = result.pcs_metadata.get("Thresholds") or {}
+        sureness.append([label, h.fmt(hemi.class_entropy, 2), h.fmt(hemi.mask_uncertainty, 2),
+                         h.fmt(hemi.flip_agreement, 2)])
+    n = len(classes)
+    parts.append(h.table(["Hemisphere", "Class", "Head / length", *(f"P({c})" for c in classes),
+                          "Length (mm)", "Volume (mm³)"], rows, numeric=(3 + n, 4 + n)))
+    if sureness:
+        parts.append(h.table(["Hemisphere", "Class entropy", "Mask uncertainty",
+                              "Flip agreement"], sureness, numeric=(1, 2, 3)))
+    if disagreements:
+        parts.append(h.notice("Class and length disagree: " + "; ".join(disagreements)
+                              + ". Check the slices above and rate the call below.", "warn"))
+    parts.append(h.paragraph(_class_rule_text(result, labels), "muted"))
+    return h.join(parts)
+
+
+def _class_rule_text(result: ImageResults, labels: LabelSettings) -> str:
+    metadata = result.pcs_metadata
+    thresholds = metadata.get("Thresholds") or {}
     present = thresholds.get("present_min_mm", labels.present_min_mm)
     prominent = thresholds.get("prominent_min_mm", labels.prominent_min_mm)
-    parts.append(h.paragraph(
-        f"Length is measured along the sulcus (the mask's skeleton). By length, a PCS is "
-        f"absent below {present:g} mm, present from {present:g} to {prominent:g} mm and "
-        f"prominent above {prominent:g} mm (Yücel et al. 2001); the class shown is the "
-        "network's prediction.", "muted"))
-    return h.join(parts)
+    binary = tuple(metadata.get("Classes") or labels.classes) == BINARY_CLASSES
+    protocol = (f"By length, a PCS is absent below {present:g} mm and present from "
+                f"{present:g} mm (binary presence call)." if binary else
+                f"By length, a PCS is absent below {present:g} mm, present from {present:g} "
+                f"to {prominent:g} mm and prominent above {prominent:g} mm (Yücel et al. 2001).")
+    rule = metadata.get("ClassRule")
+    if rule == "length":
+        chosen = ("The class shown is the class of the measured length; the classification "
+                  "head's class and probabilities are shown beside it.")
+    elif rule == "network":
+        chosen = ("The class shown is the classification head's"
+                  + (" (this model learnt no segmentation: it was trained on class labels "
+                     "only, so no length is measured)." if metadata.get("SegmentationTrained")
+                     is False else "."))
+    else:
+        chosen = "The class shown is the network's prediction."
+    return ("Length is measured along the sulcus (the mask's skeleton). " + protocol + " "
+            + chosen + " Head / length: the classification head's class and the class of "
+            "the measured length. Class entropy: 0 certain, 1 uniform; mask uncertainty: share of "
+            "unsure candidate PCS voxels; flip agreement (with flip test-time augmentation "
+            "only): Dice of the masks of the crop and of its mirror image.")
+
 
 
 def _model_part(result: ImageResults) -> h.Html:

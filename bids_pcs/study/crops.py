@@ -143,12 +143,14 @@ def inputs_fingerprint(settings: Settings,
 
     items = []
     for preprocessed, record in pairs:
-        files = [*preprocessed.crops.values(), preprocessed.forward_transform, record.dseg_path]
+        files = [*preprocessed.crops.values(), preprocessed.forward_transform]
+        files += [record.dseg_path] if record.dseg_path is not None else []
         items.append({
             "prefix": record.image.prefix,
             "files": [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in map(Path, files)],
             "classes": record.classes,
             "class_sources": record.class_sources,
+            "lengths_mm": record.lengths_mm,
         })
     plain = {"format": CACHE_FORMAT, "images": items,
              "preprocessing": preprocessing_settings(settings),
