@@ -214,3 +214,44 @@ def test_classes_only_then_ratings_close_the_loop(cohort, tmp_path):
     data = read_model_card(output_dir / "models" / "from-ratings")["training_data"]
     assert data["participants"] == ["01"] and data["class_sources"] == {"rating": 2}
     assert data["classes"] == dict(Counter([corrected, rows.at[1, "pcs_class"]]))
+
+
+@pytest.mark.slow
+def test_binary_labels_run_end_to_end(cohort, tmp_path):
+    """[labels] classes = absent/present: finetune, participant --model, group."""
+    bids_dir, labels_dir, cohort_out, _ = cohort
+    output_dir = tmp_path / "out"
+    shutil.copytree(cohort_out, output_dir, ignore=shutil.ignore_patterns("models"))
+    binary = ("--set", 'labels.classes=["absent", "present"]')
+    common = ("--recipe", RECIPE, "--skip-bids-validation", "--omp-nthreads", "2",
+              "--device", "cpu", "-w", tmp_path / "work", *binary)
+    done = run_cli(bids_dir, output_dir, "finetune", "--init", "scratch", "--strategy", "full",
+                   "--labels", labels_dir, "--set", "finetune.epochs=1", "--model-name",
+                   "binary", *common)
+    assert done.returncode == 0, done.stderr[-3000:]
+    model_dir = output_dir / "models" / "binary"
+    card = read_model_card(model_dir)
+    assert card["labels"]["classes"] == ["absent", "present"]
+    assert set(card["training_data"]["classes"]) <= {"absent", "present"}
+    # a three-class run refuses the binary model in one sentence
+    refused = run_cli(bids_dir, output_dir, "participant", "--participant-label", "02",
+                      "--model", model_dir, "--recipe", RECIPE, "--skip-bids-validation",
+                      "-w", tmp_path / "work")
+    assert refused.returncode != 0 and "classes" in refused.stderr
+    done = run_cli(bids_dir, output_dir, "participant", "--participant-label", "01", "02",
+                   "--model", model_dir, *common)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for image in collect_t1w(bids_dir, ["01", "02"]):
+        table = pd.read_csv(pcs_table_path(output_dir, image), sep="\t", dtype=str)
+        assert "p_prominent" not in table.columns
+        assert set(table["pcs_class"]) <= {"absent", "present"}
+        probabilities = table[["p_absent", "p_present"]].astype(float).to_numpy()
+        assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-3)
+    done = run_cli(bids_dir, output_dir, "group")
+    assert done.returncode == 0, done.stderr[-3000:]
+    group = pd.read_csv(output_dir / "group_pcs.tsv", sep="\t", dtype=str)
+    assert "p_present_left" in group.columns and not [c for c in group if "prominent" in c]
+    summary = json.loads((output_dir / "group_pcs.json").read_text())
+    assert set(summary["prevalence"]["left"]["counts"]) == {"absent", "present"}
+    report = (output_dir / "sub-01.html").read_text()
+    assert "P(prominent)" not in report and "binary presence call" in report

@@ -117,3 +117,23 @@ def test_finetuning_on_classes_only_leaves_the_segmentation_head_as_initialised(
             not name.startswith("heads."), name
     assert any(not torch.equal(before[n], after[n]) for n in after
                if n.startswith("heads.classification"))
+
+
+def test_study_rows_score_masks_only_where_an_image_has_one():
+    from bids_pcs.study.scoring import score_rows
+    from bids_pcs.study.worker import crop_rows
+
+    labelled = without(labelled_crops(8), masks=[4, 5, 6, 7], classes=[6])
+    truth = labelled.crops.targets["segmentation"].numpy().astype(bool)
+    probabilities = np.tile([0.2, 0.7, 0.1], (8, 1))
+    # the masked crops (0-3) are found exactly; the others get a wrong mask that must not count
+    predicted = truth.copy()
+    predicted[4:, 0, 0, 0] = True
+    rows = crop_rows(CropPredictions(probabilities, predicted), labelled, 2.0,
+                     ("absent", "present", "prominent"))
+    assert [r["has_mask"] for r in rows] == [True] * 4 + [False] * 4
+    assert rows[5]["dice"] is None and rows[6]["true_class"] is None
+    scores = score_rows(rows, n_resamples=0)
+    assert scores["dice"].estimate == pytest.approx(1.0)
+    # always "present": right on the odd crops 1, 3, 5, 7 of the 7 with a class
+    assert scores["presence_accuracy"].estimate == pytest.approx(4 / 7)
