@@ -61,6 +61,7 @@ def test_demo_leaves_a_valid_derivative_dataset_with_every_output(demo):
     assert (out / "models" / "pretrain-reconstruction" / "model.safetensors").is_file()
     assert (out / "models" / "finetune-reconstruction-full" / "model.json").is_file()
     assert (out / "group_pcs.tsv").is_file() and (out / "group_pcs.html").is_file()
+    assert (out / "review.tsv").is_file() and (out / "review.json").is_file()
     inferred = sorted(p.name for p in out.glob("sub-*/anat/*_desc-pcs_dseg.nii.gz"))
     assert len(inferred) == 1  # one of four participants held out
     subject = inferred[0].split("_")[0]

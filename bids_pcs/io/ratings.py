@@ -58,7 +58,7 @@ class ImageRatings:
         image: the image's BIDS prefix.
         classes: hemisphere -> class the reader settled on.
         registration_qc: ``good``, ``questionable``, ``bad`` or ``None`` (not rated).
-        notes: hemisphere (or ``"image"``) -> the reader's note.
+        notes: hemisphere -> the reader's note.
         sources: the rating files read.
     """
 
