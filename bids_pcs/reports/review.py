@@ -130,12 +130,13 @@ def review_tsv(rows: Sequence[ReviewRow]) -> str:
     """The queue as BIDS-style TSV (``n/a`` for missing values), rank first."""
     lines = ["\t".join(REVIEW_COLUMNS)]
     for rank, row in enumerate(rows, start=1):
-        cells = {"rank": rank, "image": row.image, "participant_id": row.participant_id,
+        cells = {"rank": str(rank), "image": row.image, "participant_id": row.participant_id,
                  "session_id": row.session_id, "hemisphere": row.hemisphere,
-                 "flagged": row.flagged, "priority": round(row.priority, 3),
+                 "flagged": row.flagged, "priority": row.priority,
                  "reasons": "; ".join(row.reasons) or None, "report": row.report,
                  **row.values}
-        lines.append("\t".join(_cell(cells.get(column)) for column in REVIEW_COLUMNS))
+        lines.append("\t".join(_cell(cells.get(column), _DIGITS.get(column, 4))
+                               for column in REVIEW_COLUMNS))
     return "\n".join(lines) + "\n"
 
 
@@ -200,11 +201,14 @@ def _correlation_text(correlation: float | None, threshold: float | None, sign: 
     return f" (correlation {correlation:.2f} {sign} {threshold:.2f})"
 
 
-def _cell(value: Any) -> str:
+_DIGITS = {"priority": 3, "pcs_length_mm": 2, "threshold_margin_mm": 2}
+
+
+def _cell(value: Any, digits: int) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return NA
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1 else f"{value:.2f}"
+    if isinstance(value, float | int):
+        return f"{float(value):.{digits}f}"
     return str(value)
