@@ -265,7 +265,7 @@ def test_a_labels_folder_that_does_not_exist_is_a_usage_error(bids_examples, tmp
     result = run_cli(bids_examples / "ds001", tmp_path / "out", "finetune", "--init",
                      "scratch", "--labels", tmp_path / "nope")
     assert result.returncode == 2, result.stderr
-    assert "Label dataset" in result.stderr and "does not exist" in result.stderr
+    assert "Label source" in result.stderr and "does not exist" in result.stderr
 
 
 @pytest.mark.bad_input("dataset:selection matches no participant (while running)")
