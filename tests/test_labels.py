@@ -427,3 +427,33 @@ def test_derived_class_follows_the_thresholds(length, present_min, gap):
     expected = ("prominent" if length > present_min + gap
                 else "present" if length >= present_min else "absent")
     assert name == expected
+
+
+@pytest.mark.bad_input("ratings:unknown decision", "ratings:unknown class",
+                       "ratings:not a rating file", "ratings:broken JSON")
+def test_bad_rating_files_are_refused_in_one_sentence(datasets, tmp_path):
+    raw, _ = datasets
+    images = [add_t1w(raw, "01")]
+    ratings = tmp_path / "ratings"
+    ratings.mkdir()
+    path = ratings / "sub-01_ratings.tsv"
+    header = "image\themisphere\tdecision\tpcs_class\n"
+    for body, message in (("sub-01\tL\tmaybe\tpresent\n", "Unknown decision 'maybe'"),
+                          ("sub-01\tL\tcorrect\tlarge\n", "Unknown PCS class 'large'"),
+                          ("sub-01\tX\taccept\tpresent\n", "Unknown hemisphere 'X'")):
+        path.write_text(header + body)
+        with pytest.raises(InputDataError, match=message) as info:
+            read_labels(ratings, images, bids_dir=raw)
+        assert str(path) in str(info.value) and "\n" not in str(info.value)
+    path.write_text("image\tnote\nsub-01\thello\n")
+    with pytest.raises(InputDataError, match="lacks the column"):
+        read_labels(ratings, images, bids_dir=raw)
+    path.unlink()
+    (ratings / "sub-01_ratings.json").write_text("{not json")
+    with pytest.raises(InputDataError, match="is not valid JSON"):
+        read_labels(ratings, images, bids_dir=raw)
+    # an empty folder is neither a label dataset nor a ratings folder
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputDataError, match="no dataset_description.json and no rating files"):
+        read_labels(empty, images, bids_dir=raw)
