@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bids_pcs.config import PCS_CLASSES
 from bids_pcs.io.atomic import write_text
 
 CITATION_FILE = "CITATION.md"
@@ -146,13 +147,18 @@ def methods_from_results(results: Sequence[Any], output_dir: Path) -> list[str]:
                 threshold=result.pcs_metadata.get("ProbabilityThreshold"),
                 length_thresholds_mm=(float(thresholds.get("present_min_mm", 20.0)),
                                       float(thresholds.get("prominent_min_mm", 40.0))),
-                flip_tta=bool(result.pcs_metadata.get("FlipTTA")))] += 1
+                flip_tta=bool(result.pcs_metadata.get("FlipTTA")),
+                class_rule=result.pcs_metadata.get("ClassRule"),
+                classes=tuple(result.pcs_metadata.get("Classes") or PCS_CLASSES),
+                segmentation_trained=result.pcs_metadata.get("SegmentationTrained")
+                is not False)] += 1
     return _variants(preprocessing, len(results)) + _variants(inference, len(results))
 
 
 def methods_from_settings(settings: Any, model: dict[str, Any] | None = None,
                           card: dict[str, Any] | None = None) -> list[str]:
     """The paragraphs of a run from its settings (and model), before any output is read."""
+    from bids_pcs.inference.calls import class_rule, segmentation_trained
     from bids_pcs.workflows.descriptions import inference_description, preprocessing_description
 
     paragraphs = [preprocessing_description(settings)]
@@ -161,7 +167,10 @@ def methods_from_settings(settings: Any, model: dict[str, Any] | None = None,
             model, card=card, threshold=settings.inference.threshold,
             length_thresholds_mm=(settings.labels.present_min_mm,
                                   settings.labels.prominent_min_mm),
-            flip_tta=settings.inference.flip_tta))
+            flip_tta=settings.inference.flip_tta,
+            class_rule=class_rule(settings.inference.class_rule, card or {}),
+            classes=tuple(settings.labels.classes),
+            segmentation_trained=segmentation_trained(card or {})))
     return paragraphs
 
 

@@ -78,7 +78,9 @@ def preprocessing_description(settings: Settings) -> str:
 def inference_description(model: dict[str, Any], *, card: dict[str, Any] | None = None,
                           threshold: float | None = None,
                           length_thresholds_mm: tuple[float, float] = (20.0, 40.0),
-                          flip_tta: bool = False) -> str:
+                          flip_tta: bool = False, class_rule: str | None = None,
+                          classes: tuple[str, ...] = ("absent", "present", "prominent"),
+                          segmentation_trained: bool = True) -> str:
     """What inference did with ``model`` (the ``Model`` entry of the PCS sidecars).
 
     Args:
@@ -87,6 +89,10 @@ def inference_description(model: dict[str, Any], *, card: dict[str, Any] | None 
         threshold: probability above which a voxel is PCS.
         length_thresholds_mm: the present / prominent length thresholds.
         flip_tta: whether left-right flipped predictions were averaged in.
+        class_rule: ``"length"`` or ``"network"`` (:mod:`bids_pcs.inference.calls`);
+            ``None`` for results written before the rule existed.
+        classes: the class scheme (three classes, or absent / present).
+        segmentation_trained: whether the model learnt segmentation from masks.
     """
     architecture = ((card or {}).get("architecture") or {}).get("architecture")
     network = _ARCHITECTURES.get(str(architecture), "a 3D network")
@@ -99,20 +105,37 @@ def inference_description(model: dict[str, Any], *, card: dict[str, Any] | None 
     tta = " averaged with the prediction of the left-right flipped crop," if flip_tta else ""
     cut = f" above {threshold:g}" if threshold is not None else ""
     version = f" {model['version']}" if model.get("version") else ""
+    binary = tuple(classes) == ("absent", "present")
+    task = ("binary presence classification (absent, present; prominent labels counted as "
+            "present)" if binary else
+            "three-class classification (absent, present, prominent)")
+    protocol = (f"by length, a PCS is absent below {present:g} mm and present from "
+                f"{present:g} mm [@yucel2001]" if binary else
+                f"by length, a PCS is absent below {present:g} mm, present from {present:g} "
+                f"to {prominent:g} mm and prominent above {prominent:g} mm [@yucel2001]")
+    if not segmentation_trained:
+        rule = ("the model was trained on class labels only, so the class reported is the "
+                "classification head's and no length is reported")
+    elif class_rule == "length":
+        rule = ("the class reported is the class of the measured length, with the "
+                "classification head's class and probabilities kept beside it and any "
+                "disagreement between the two flagged for review")
+    elif class_rule == "network":
+        rule = ("the class reported is the classification head's, with the class of the "
+                "measured length kept beside it and any disagreement flagged for review")
+    else:
+        rule = "the class reported is the network's prediction"
     return (
         f"The paracingulate sulcus (PCS) was segmented and classified per hemisphere with "
         f"bids_pcs{version} ({CODE_URL}), which implements the pre-training and "
         f"fine-tuning strategies compared for sulcal identification [@mamalakis2024], "
         f"using the model {model.get('name')} (weights SHA-256 {digest}...): "
         f"{network} built with MONAI [@monai], {start}, then fine-tuned on labelled crops "
-        f"{strategy} for PCS segmentation and three-class classification (absent, "
-        f"present, prominent). Each hemisphere's crop was predicted,{tta} voxels with a "
-        f"PCS probability{cut} formed the mask, and masks and probability maps were "
-        f"brought back to the native T1w grid through the inverse of the registration. "
-        f"PCS length was measured along the skeleton of each hemisphere's mask; by "
-        f"length, a PCS is absent below {present:g} mm, present from {present:g} to "
-        f"{prominent:g} mm and prominent above {prominent:g} mm [@yucel2001]; the class "
-        f"reported is the network's prediction."
+        f"{strategy} for PCS segmentation and {task}. Each hemisphere's crop was "
+        f"predicted,{tta} voxels with a PCS probability{cut} formed the mask, and masks "
+        f"and probability maps were brought back to the native T1w grid through the "
+        f"inverse of the registration. PCS length was measured along the skeleton of each "
+        f"hemisphere's mask; {protocol}; {rule}."
     )
 
 
