@@ -148,6 +148,8 @@ def test_review_first_links_to_reports_and_the_page_renders(reviewed, tmp_path):
     section = page[page.index('<section id="review"'):page.index('<section id="prevalence"')]
     assert section.index('href="sub-02.html#sub-02_ses-b_run-2"') < section.index(
         'href="sub-01.html#sub-01"')
+    # the methods paragraph says which class is reported
+    assert "the class reported is the class of the measured length" in page
     meta = json.loads((out / "review.json").read_text())
     assert meta["NFlagged"] == int((_queue(out).flagged == "true").sum())
     exe = require_browser()
