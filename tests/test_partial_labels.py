@@ -95,8 +95,8 @@ def test_priors_and_scores_use_only_what_each_crop_has():
     probabilities = np.tile([0.9, 0.05, 0.05], (8, 1))  # always absent
     scores = score_predictions(CropPredictions(probabilities, wrong), labelled, prefix="")
     assert scores["n_masks"] == 5 and scores["n_classes"] == 7
-    # masked crops 0, 2, 4, 6 (absent: Dice 1) and 7 (present: Dice 0)
-    assert scores["dice"] == pytest.approx(4 / 5)
+    # Dice over the masked crops with a sulcus: 7 only (1, 3, 5 lost their masks)
+    assert scores["dice_n"] == 1 and scores["dice"] == pytest.approx(0.0)
     assert scores["presence_accuracy"] == pytest.approx(3 / 7)
 
 
@@ -120,20 +120,24 @@ def test_finetuning_on_classes_only_leaves_the_segmentation_head_as_initialised(
 
 
 def test_study_rows_score_masks_only_where_an_image_has_one():
-    from bids_pcs.study.scoring import score_rows
-    from bids_pcs.study.worker import crop_rows
+    """Rows as the native scorer writes them: a class-only image has no mask scores."""
+    from bids_pcs.study.scoring import ScoredRuns
 
-    labelled = without(labelled_crops(8), masks=[4, 5, 6, 7], classes=[6])
-    truth = labelled.crops.targets["segmentation"].numpy().astype(bool)
-    probabilities = np.tile([0.2, 0.7, 0.1], (8, 1))
-    # the masked crops (0-3) are found exactly; the others get a wrong mask that must not count
-    predicted = truth.copy()
-    predicted[4:, 0, 0, 0] = True
-    rows = crop_rows(CropPredictions(probabilities, predicted), labelled, 2.0,
-                     ("absent", "present", "prominent"))
-    assert [r["has_mask"] for r in rows] == [True] * 4 + [False] * 4
-    assert rows[5]["dice"] is None and rows[6]["true_class"] is None
-    scores = score_rows(rows, n_resamples=0)
-    assert scores["dice"].estimate == pytest.approx(1.0)
+    rows = []
+    for k in range(8):
+        present = k % 2 == 1
+        masked = k < 4
+        rows.append({
+            "crop": f"sub-{k:02d}_hemi-L", "participant": f"{k:02d}",
+            "true_class": None if k == 6 else ("present" if present else "absent"),
+            "probabilities": [0.2, 0.7, 0.1],  # always "present"
+            "has_mask": masked, "true_voxels": (40 if present else 0) if masked else None,
+            # found exactly where a mask exists; the others' figures must not count
+            "dice": 1.0 if masked else 0.0, "hd95_mm": 0.5 if masked else 99.0,
+        })
+    scores = ScoredRuns.from_records([rows]).scores()
+    assert scores["dice_n"] == 2 and scores["dice"] == pytest.approx(1.0)
+    assert scores["hd95_mm"] == pytest.approx(0.5)
     # always "present": right on the odd crops 1, 3, 5, 7 of the 7 with a class
-    assert scores["presence_accuracy"].estimate == pytest.approx(4 / 7)
+    assert scores["presence_balanced_accuracy_n"] == 7
+    assert scores["presence_accuracy"] == pytest.approx(4 / 7)
