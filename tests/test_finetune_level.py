@@ -52,7 +52,7 @@ def cohort(tmp_path_factory):
 @pytest.mark.slow
 def test_finetune_level_via_the_cli_writes_a_loadable_model(cohort, tmp_path):
     bids_dir, labels_dir, output_dir, _ = cohort
-    # one image without a label: skipped and recorded, not an error
+    # one image without a mask: its classes (participants.tsv) still train the head
     labels = tmp_path / "labels"
     shutil.copytree(labels_dir, labels)
     image = next(im for im in collect_t1w(bids_dir) if im.subject == "04")
@@ -73,9 +73,11 @@ def test_finetune_level_via_the_cli_writes_a_loadable_model(cohort, tmp_path):
     rule = card["finetuning"]["strategy"]
     assert rule["name"] == "lora" and "merged" in rule["definition"]
     assert 0 < rule["trainable_parameters"] < rule["base_parameters"]
-    assert card["training_data"]["skipped"]["unlabelled"] == ["sub-04"]
-    assert card["training_data"]["n_participants"] + card["training_data"]["validation"][
-        "n_participants"] == 3
+    data = card["training_data"]
+    assert not data["skipped"].get("unlabelled")
+    assert data["n_participants"] + data["validation"]["n_participants"] == 4
+    assert data["n_crops_with_mask"] + data["validation"]["n_crops_with_mask"] == 6
+    assert data["n_crops_with_class"] + data["validation"]["n_crops_with_class"] == 8
     assert card["training"]["epochs"] == 2
     assert {"val_dice", "val_dice_n", "val_presence_balanced_accuracy", "val_score"} <= set(
         card["metrics"])

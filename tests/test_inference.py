@@ -88,7 +88,8 @@ def test_participant_with_a_model_writes_valid_derivatives(demo, tmp_path):
         (demo.model_dir / "model.json").read_text())["weights"]["sha256"]
     assert sidecar["SoftwareVersion"] and sidecar["SpatialReference"] == image.bids_uri
 
-    table = pd.read_csv(pcs_table_path(output_dir, image), sep="\t", dtype=str)
+    table = pd.read_csv(pcs_table_path(output_dir, image), sep="\t", dtype=str,
+                        keep_default_na=False)
     assert tuple(table.columns) == PCS_TABLE_COLUMNS
     assert list(table["hemisphere"]) == ["L", "R"]
     assert set(table["pcs_class"]) <= {"absent", "present", "prominent"}

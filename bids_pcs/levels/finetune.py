@@ -107,7 +107,8 @@ def _finetune(settings: Settings, context: DistContext, device: torch.device) ->
         # without a work directory the checkpoint only served this run
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     scores = ", ".join(f"{k.removeprefix('val_')} {v:.3f}" for k, v in result.metrics.items()
-                       if k in ("val_dice", "val_presence_balanced_accuracy", "val_score"))
+                       if k in ("val_dice", "val_presence_balanced_accuracy", "val_score")
+                       and v is not None)  # None: no validation crop had a mask or a class
     LOGGER.info("Fine-tuned model written to %s (%s trainable parameters%s).", model_dir,
                 f"{result.strategy['trainable_parameters']:,}",
                 f"; validation at the kept epoch: {scores}" if scores else "")
