@@ -30,7 +30,7 @@ from bids_pcs.io.labels import (
     read_labels,
 )
 
-SHAPE = (24, 64, 40)
+SHAPE = (40, 64, 40)  # a T1w spans at least 40 mm along every axis
 AFFINE = np.array([[1.0, 0, 0, -12], [0, 1.0, 0, -32], [0, 0, 1.0, -20], [0, 0, 0, 1]])
 
 
