@@ -192,7 +192,7 @@ def test_classes_only_then_ratings_close_the_loop(cohort, tmp_path):
     rows = pd.read_csv(pcs_table_path(output_dir, image), sep="\t", dtype=str,
                        keep_default_na=False)
     assert (rows["pcs_class"] == rows["pcs_class_network"]).all()
-    assert (rows[["pcs_length_mm", "pcs_class_length", "class_agreement"]] == "n/a").all(None)
+    assert (rows[["pcs_length_mm", "pcs_class_length", "class_agreement"]] == "n/a").all(axis=None)
 
     # a reader corrects the left call and accepts the right one; the file is the label source
     corrected = "absent" if rows.at[0, "pcs_class"] != "absent" else "present"
@@ -208,8 +208,10 @@ def test_classes_only_then_ratings_close_the_loop(cohort, tmp_path):
     assert list(rated["decision"]) == ["correct", "accept"]
     assert list(rated["pcs_class"]) == [corrected, rows.at[1, "pcs_class"]]
 
+    # the raw participants.tsv also holds classes (read beside any label source), so the
+    # rated participant alone is selected: its classes must come from the rating file
     done = run_cli(bids_dir, output_dir, "finetune", "--init", "scratch", "--strategy", "top",
-                   "--labels", ratings, "--set", "finetune.epochs=1",
+                   "--labels", ratings, "--participant-label", "01", "--set", "finetune.epochs=1",
                    "--set", "finetune.validation_fraction=0", "--model-name", "from-ratings",
                    *common)
     assert done.returncode == 0, done.stderr[-3000:]
