@@ -77,10 +77,15 @@ def disk_estimate(settings: Settings, voxels: int, *, with_model: bool) -> DiskE
 
 
 def check_writable(folder: Path, role: str, alternative: str) -> None:
-    """Create ``folder`` if needed and write a file in it, or raise :class:`NotWritableError`."""
-    probe = Path(folder) / f".bids_pcs-write-test-{os.getpid()}"
+    """Write a file in ``folder`` (or, if it does not exist yet, in the folder it would be
+    made in), or raise :class:`NotWritableError`.
+
+    The folder itself is not created: a run refused a moment later (a bad model, say)
+    leaves no empty work directory behind.
+    """
+    target = Path(folder) if Path(folder).is_dir() else existing_parent(Path(folder))
+    probe = target / f".bids_pcs-write-test-{os.getpid()}"
     try:
-        Path(folder).mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
