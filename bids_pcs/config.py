@@ -320,6 +320,10 @@ class StudySettings:
     label_fractions: tuple[float, ...] = (1.0,)
     # training seeds (fine-tuning): each configuration runs once per seed; empty: --seed only
     seeds: tuple[int, ...] = ()
+    # "COLUMN=VALUE" of participants.tsv (e.g. "site=B", "anatomy_source=Colin27"): those
+    # participants are an out-of-distribution test set, never trained or validated on
+    # (bids_pcs.splits); empty: none
+    test_on: str = ""
 
 
 @dataclass(frozen=True)

@@ -30,16 +30,28 @@ prefix of that order holds the strata in the training part's proportions; a
 subset is a prefix.  :func:`labelled_split` is the split a configuration
 fine-tunes on (validation and test unchanged).
 
+Out of distribution (``[study] test_on = "COLUMN=VALUE"``): the participants
+whose ``participants.tsv`` COLUMN equals VALUE (a site, an anatomy source,
+a scanner) are the ``ood_test`` part of every split and nothing else: the
+others alone are split (or folded) as above, so a model trains and validates
+on them, is tested in distribution on their ``test`` part and out of
+distribution on ``ood_test``.
+
 Usage::
 
     strata = participant_strata(labelled.info)           # {"01": 2, "02": 0, ...}
     [split] = make_splits(strata, settings.study, seed=0)
     split.train, split.validation, split.test             # participant labels
     label_subsets(strata, split.train, (0.25, 1.0), seed=0)   # {0.25: (...), 1.0: (...)}
+    column, value = parse_test_on("site=B")
+    ood = held_out_by_value(values_of_column, value)      # {"04", "07"}
+    [split] = make_splits(strata, settings.study, seed=0, ood=ood)
+    split.ood_test                                        # ("04", "07")
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -49,7 +61,7 @@ import numpy as np
 from bids_pcs.config import RecipeError, StudySettings
 from bids_pcs.errors import InputDataError
 
-PARTS: tuple[str, ...] = ("train", "validation", "test")
+PARTS: tuple[str, ...] = ("train", "validation", "test", "ood_test")
 _TOLERANCE = 1e-6
 
 
@@ -60,12 +72,15 @@ class StudySplit:
     Args:
         fold: 0 for the single train/validation/test split, 1..k for the folds.
         train, validation, test: participant labels (without ``sub-``), sorted.
+        ood_test: the out-of-distribution test participants (``[study]
+            test_on``), sorted; empty without one.
     """
 
     fold: int
     train: tuple[str, ...]
     validation: tuple[str, ...]
     test: tuple[str, ...]
+    ood_test: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         seen: dict[str, str] = {}
@@ -93,7 +108,7 @@ class StudySplit:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StudySplit:
         return cls(fold=int(data["fold"]),
-                   **{part: tuple(data[part]) for part in PARTS})
+                   **{part: tuple(data.get(part, ())) for part in PARTS})
 
 
 class LabelledHemisphere(NamedTuple):
@@ -142,14 +157,82 @@ def check_fractions(study: StudySettings) -> None:
 
 
 def make_splits(strata: Mapping[str, int], study: StudySettings, seed: int = 0,
-                ) -> list[StudySplit]:
-    """The study's split(s): one train/validation/test split, or ``study.folds`` folds."""
+                ood: Iterable[str] = ()) -> list[StudySplit]:
+    """The study's split(s): one train/validation/test split, or ``study.folds`` folds.
+
+    Args:
+        strata: participant -> stratum (see :func:`participant_strata`).
+        study: fractions and folds.
+        seed: the same seed and participants give the same split.
+        ood: out-of-distribution participants (see :func:`held_out_by_value`):
+            the ``ood_test`` part of every split; only the others are split.
+
+    Raises:
+        InputDataError: an ``ood`` participant without labels, or too few
+            participants left in distribution.
+    """
     check_fractions(study)
+    ood = set(ood)
+    unknown = sorted(ood - set(strata))
+    if unknown:
+        raise InputDataError(f"[study] test_on names participant(s) without labelled crops "
+                             f"({', '.join(unknown[:5])}); check the label dataset.")
+    rest = {s: k for s, k in strata.items() if s not in ood}
     if study.folds >= 2:
-        return kfold_splits(strata, study.folds, seed=seed,
-                            validation_share=_validation_share(study))
-    return [split_participants(strata, (study.train_fraction, study.validation_fraction,
-                                        study.test_fraction), seed=seed)]
+        splits = kfold_splits(rest, study.folds, seed=seed,
+                              validation_share=_validation_share(study))
+    else:
+        splits = [split_participants(rest, (study.train_fraction, study.validation_fraction,
+                                            study.test_fraction), seed=seed)]
+    if not ood:
+        return splits
+    return [dataclasses.replace(split, ood_test=tuple(sorted(ood))) for split in splits]
+
+
+def parse_test_on(text: str) -> tuple[str, str]:
+    """``"site=B"`` -> ``("site", "B")``: the ``[study] test_on`` setting.
+
+    Raises:
+        RecipeError: not of the form COLUMN=VALUE.
+    """
+    column, sep, value = text.partition("=")
+    column, value = column.strip(), value.strip()
+    if not sep or not column or not value:
+        raise RecipeError(f"[study] test_on must be COLUMN=VALUE of participants.tsv, e.g. "
+                          f"'site=B' or 'anatomy_source=Colin27', not {text!r}.")
+    return column, value
+
+
+def held_out_by_value(values: Mapping[str, str], value: str, *, column: str = "",
+                      participants: Iterable[str] | None = None) -> set[str]:
+    """The participants whose ``column`` (``values``: participant -> its value) is ``value``.
+
+    Args:
+        values: participant label (without ``sub-``) -> value of the column.
+        value: the value that marks the out-of-distribution participants.
+        column: the column's name, for the error messages.
+        participants: the labelled participants; every one of them needs a value.
+
+    Raises:
+        InputDataError: no participant has ``value``, or every participant has
+            it, or a labelled participant has no value in the column.
+    """
+    where = f"participants.tsv column {column!r}" if column else "participants.tsv"
+    if participants is not None:
+        missing = sorted(set(participants) - set(values))
+        if missing:
+            raise InputDataError(f"{where} has no value for participant(s) "
+                                 f"{', '.join(missing[:5])}; add them or drop [study] test_on.")
+        values = {s: values[s] for s in participants}
+    held = {s for s, v in values.items() if str(v) == value}
+    if not held:
+        seen = ", ".join(sorted({str(v) for v in values.values()})[:8])
+        raise InputDataError(f"No participant has {column or 'the column'}={value} in "
+                             f"{where} (values: {seen}); fix [study] test_on.")
+    if len(held) == len(values):
+        raise InputDataError(f"Every participant has {column or 'the column'}={value} in "
+                             f"{where}: nothing is left to train on; fix [study] test_on.")
+    return held
 
 
 def split_participants(strata: Mapping[str, int],

@@ -300,3 +300,42 @@ def test_label_fractions_fine_tune_on_nested_subsets_of_the_training_labels(stud
         assert card["training_data"]["participants"] == subsets["0.5"]
         assert card["training_data"]["validation"]["participants"] == list(split.validation)
     assert (output_dir / "study" / "figures" / "label_efficiency.png").is_file()
+
+
+@pytest.mark.slow
+def test_study_test_on_holds_a_group_out_of_training_and_scores_it(study_run, tmp_path):
+    """``[study] test_on = "group=control"``: a 1 x 1 grid on the module's cohort."""
+    import shutil
+
+    summary, output_dir, *_ = study_run
+    controls = set(pd.read_csv(summary.bids_dir / "participants.tsv", sep="\t")
+                   .query("group == 'control'")["participant_id"].str.removeprefix("sub-")
+                   ) - {UNLABELLED}  # only labelled participants are tested
+    assert 0 < len(controls) < 6
+    out = tmp_path / "out"
+    # the preprocessed crops are reused; the study itself starts afresh
+    shutil.copytree(output_dir, out, ignore=shutil.ignore_patterns("study", "models"))
+    done = run_cli(summary.bids_dir, out, "study", "--labels", summary.labels_dir,
+                   "--recipe", "study-quick", "--methods", "scratch", "--strategies", "top",
+                   "--set", "finetune.epochs=1", "--set", "study.bootstrap_samples=50",
+                   "--set", "study.test_on=group=control", "--set", "registration.n4=false",
+                   "--skip-bids-validation", "-w", tmp_path / "work", "--nprocs", "2",
+                   "--omp-nthreads", "2", "--device", "cpu", timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    study = json.loads((out / "study" / "study.json").read_text())
+    [split] = [StudySplit.from_dict(s) for s in study["splits"]]
+    assert set(split.ood_test) == controls
+    assert not controls & set(split.train + split.validation + split.test)
+    split_table = pd.read_csv(out / "study" / "split.tsv", sep="\t", dtype=str)
+    assert set(split_table.loc[split_table["part"] == "ood_test", "participant_id"]) == {
+        f"sub-{s}" for s in controls}
+    record = json.loads((out / "study" / "configurations" / "scratch-top.json").read_text())
+    assert {r["participant"] for r in record["ood_test_rows"]} == controls
+    assert {r["participant"] for r in record["test_rows"]} == set(split.test)
+    card = read_model_card(out / "models" / "study-scratch-top")
+    assert not controls & set(card["training_data"]["participants"])
+    row = _table(out).iloc[0]
+    assert 0.0 <= row["ood_dice"] <= 1.0 and 0.0 <= row["dice"] <= 1.0
+    assert row["n_ood_test_participants"] == len(controls)
+    assert "Out of distribution" in (out / "study" / "study.html").read_text()
+    assert study["design"]["out_of_distribution"]["test_on"] == "group=control"

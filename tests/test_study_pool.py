@@ -78,3 +78,25 @@ def test_an_unknown_pool_mode_is_refused(tmp_path):
     settings = load_settings("default", overrides={"study": {"pretrain_pool": "everything"}})
     with pytest.raises(RecipeError, match="pretrain_pool"):
         check_pool_mode(settings)
+
+
+def test_out_of_distribution_participants_never_pretrain(tmp_path):
+    import dataclasses
+
+    from bids_pcs.levels.study import without_test_on_value
+
+    settings, pool, files = _pool(tmp_path)
+    main = str(tmp_path / "bids")
+    ood = dataclasses.replace(SPLIT, train=("01",), ood_test=("02",))
+    chosen = {(r.dataset, r.subject)
+              for r in (pool.records[i] for i in pretraining_indices(pool, ood, "all"))}
+    assert (main, "02") not in chosen and {(main, "01"), (main, "05")} <= chosen
+    # the pool itself leaves out every BIDS_DIR participant with the value, labelled
+    # (04) or not (05); the extra dataset's participants are other people
+    (tmp_path / "bids").mkdir(exist_ok=True)
+    (tmp_path / "bids" / "participants.tsv").write_text(
+        "participant_id\tsite\nsub-01\tA\nsub-02\tA\nsub-03\tA\nsub-04\tB\nsub-05\tB\n")
+    marked = settings.replace(study={"test_on": "site=B"}, run={"labels": str(tmp_path)})
+    kept = {(f.dataset, f.image.subject) for f in without_test_on_value(marked, files)}
+    assert kept == {(f.dataset, f.image.subject) for f in files} - {(main, "04"), (main, "05")}
+    assert without_test_on_value(settings, files) == files

@@ -13,10 +13,12 @@ from bids_pcs.splits import (
     StudySplit,
     check_fractions,
     check_label_fractions,
+    held_out_by_value,
     kfold_splits,
     label_subsets,
     labelled_split,
     make_splits,
+    parse_test_on,
     part_sizes,
     participant_strata,
     split_participants,
@@ -184,3 +186,50 @@ def test_label_fractions_outside_zero_to_one_are_refused():
     for bad in ([0.0, 1.0], [1.5], []):
         with pytest.raises(RecipeError, match="label_fractions must hold shares"):
             check_label_fractions(bad)
+
+
+@given(strata=st.dictionaries(st.from_regex(r"[a-z0-9]{1,6}", fullmatch=True),
+                              st.integers(0, 2), min_size=8, max_size=60),
+       chosen=st.integers(0, 2**31), folds=st.sampled_from([0, 2, 3]),
+       seed=st.integers(0, 2**31))
+@settings(max_examples=100, deadline=None)
+def test_out_of_distribution_participants_never_train_validate_or_test_in_distribution(
+        strata, chosen, folds, seed):
+    subjects = sorted(strata)
+    site = {s: "B" if (sum(map(ord, s)) + chosen) % 3 == 0 else "A" for s in subjects}
+    site[subjects[0]], site[subjects[-1]] = "B", "A"  # both values occur
+    ood = held_out_by_value(site, "B", column="site", participants=subjects)
+    assert ood == {s for s in subjects if site[s] == "B"}
+    rest = len(subjects) - len(ood)
+    if rest < max(3, folds):
+        return
+    study = StudySettings(folds=folds, test_on="site=B")
+    for split in make_splits(strata, study, seed=seed, ood=ood):
+        assert set(split.ood_test) == ood
+        assert not ood & set(split.train + split.validation + split.test)
+        assert set(split.train + split.validation + split.test) == set(subjects) - ood
+        assert StudySplit.from_dict(split.to_dict()) == split
+    # the in-distribution split is the one the others alone would get
+    plain = make_splits({s: k for s, k in strata.items() if s not in ood}, study, seed=seed)
+    assert [s.test for s in make_splits(strata, study, seed=seed, ood=ood)] == \
+        [s.test for s in plain]
+
+
+def test_test_on_is_column_equals_value_and_must_split_the_participants():
+    assert parse_test_on("anatomy_source=Colin27") == ("anatomy_source", "Colin27")
+    assert parse_test_on(" site = B ") == ("site", "B")
+    for bad in ("site", "=B", "site=", ""):
+        with pytest.raises(RecipeError, match="COLUMN=VALUE"):
+            parse_test_on(bad)
+    values = {"01": "A", "02": "B", "03": "A"}
+    with pytest.raises(InputDataError, match="No participant has site=C"):
+        held_out_by_value(values, "C", column="site")
+    with pytest.raises(InputDataError, match="nothing is left to train on"):
+        held_out_by_value({"01": "B", "02": "B"}, "B", column="site")
+    with pytest.raises(InputDataError, match="no value for participant"):
+        held_out_by_value(values, "B", column="site", participants=["01", "04"])
+    with pytest.raises(InputDataError, match="without labelled crops"):
+        make_splits({"01": 0, "02": 1, "03": 2, "04": 0}, StudySettings(), ood={"09"})
+    # an old split record (before ood_test existed) still reads
+    assert StudySplit.from_dict({"fold": 0, "train": ["01"], "validation": [],
+                                 "test": ["02"]}).ood_test == ()

@@ -189,3 +189,19 @@ def test_rows_of_images_without_masks_count_for_presence_only():
     assert scores["dice"] == pytest.approx(0.6)
     assert set(METRICS) <= set(scores)
     assert isinstance(pd.DataFrame([scores]), pd.DataFrame)
+
+
+def test_out_of_distribution_scores_sit_beside_the_in_distribution_ones():
+    grid = Grid(methods=("scratch",), strategies=("top",), folds=(0,))
+    record = _record(_rows(SUBJECTS[:20], lambda k: 0.6))
+    record["ood_test_rows"] = _rows(SUBJECTS[20:30], lambda k: 0.1)
+    table = results_table(grid, {Configuration("scratch", "top"): record}, {}, n_resamples=50,
+                          seed=0)
+    [row] = table.to_dict("records")
+    assert row["dice"] == pytest.approx(0.6) and row["ood_dice"] == pytest.approx(0.1)
+    assert (row["n_ood_test_participants"], row["n_ood_test_hemispheres"]) == (10, 20)
+    assert row["ood_dice_ci_lower"] <= row["ood_dice"] <= row["ood_dice_ci_upper"]
+    # without test_on the columns exist and are empty
+    plain = results_table(grid, {Configuration("scratch", "top"): _record(
+        _rows(SUBJECTS[:20], lambda k: 0.6))}, {}, n_resamples=0)
+    assert np.isnan(plain.iloc[0]["ood_dice"]) and "ood_dice" in table_to_tsv(plain)

@@ -64,6 +64,8 @@ def pretraining_data_text(settings: Settings, pool: PoolCache | None) -> str:
     extra = len({r.dataset for r in pool.records} - {pool.main_dataset})
     return ("every image of BIDS_DIR that passed QC, labelled or not, except the validation "
             "and test participants' of each split" + (
+                " and every participant with " + settings.study.test_on
+                if settings.study.test_on else "") + (
                 f", and every image of {extra} --pretrain-data dataset(s)" if extra else ""))
 
 
@@ -100,6 +102,7 @@ def write_outputs(study_dir: Path, settings: Settings, grid: Grid,
         "seed": settings.run.seed,
         "device": ", ".join(devices) if devices else settings.run.device,
         "pretraining_data": pretraining_data_text(settings, pool),
+        "test_on": study.test_on,
     }
     write_record(study_dir / JSON_NAME, {
         "app": {"name": APP_NAME, "version": __version__},
@@ -116,6 +119,9 @@ def write_outputs(study_dir: Path, settings: Settings, grid: Grid,
                           "validation": study.validation_fraction,
                           "test": study.test_fraction},
             "folds": study.folds,
+            "out_of_distribution": ({"test_on": study.test_on,
+                                     "participants": list(splits[0].ood_test)}
+                                    if study.test_on else None),
             "pretraining_data": pretraining_data_text(settings, pool),
             "pretraining_shared": "once per split, by every strategy, label fraction and seed",
             "label_fractions": "nested, stratified subsets of each split's training "

@@ -48,6 +48,12 @@ def write_study_page(path: Path, table: pd.DataFrame, *, figures: Mapping[str, P
         ("differences", "Differences", "Paired differences", _differences(table)),
         *([("labels", "Labels", "Label efficiency", _labels(figures))]
           if "label_efficiency" in figures else []),
+    ]
+    if splits and splits[0].ood_test:
+        sections.append(("ood", "Out of distribution",
+                         "In distribution and out of distribution", _ood(table, splits,
+                                                                         summary)))
+    sections += [
         ("cost", "Cost", "Accuracy against time and memory", _cost(figures)),
         ("heatmaps", "Heatmaps", "Methods x strategies", _heatmaps(figures)),
         ("split", "Split", "Participants per part", _split(splits)),
@@ -177,6 +183,32 @@ def _labels(figures: Mapping[str, Path]) -> h.Html:
                    "log scale), per strategy (columns); bars: 95 % bootstrap intervals over "
                    "test participants. Pre-training used no labels and is the same for every "
                    "point of a line.")
+
+
+_OOD_SCORES = ("dice", "presence_balanced_accuracy", "balanced_accuracy_3class")
+
+
+def _ood(table: pd.DataFrame, splits: Sequence[StudySplit],
+         summary: Mapping[str, Any]) -> h.Html:
+    first = splits[0]
+    header = ["Configuration"]
+    for metric in _OOD_SCORES:
+        header += [f"{_SHORT[metric]} in", f"{_SHORT[metric]} out"]
+    rows = []
+    for row in table.to_dict("records"):
+        cells: list[Any] = [h.Html(f"<strong>{h.esc(row['configuration'])}</strong>")]
+        for metric in _OOD_SCORES:
+            cells += [_with_interval(row, metric), _with_interval(row, f"ood_{metric}")]
+        rows.append(cells)
+    content = h.table(header, rows, numeric=tuple(range(1, len(header))), css="wide")
+    note = h.paragraph(
+        f"Out of distribution: the {len(first.ood_test)} participants with "
+        f"{summary.get('test_on', '')} in participants.tsv, never trained, validated or "
+        f"pre-trained on; in distribution: the {len(first.test)} held-out test participants "
+        "of the others" + (" per fold" if first.fold else "") + ". Same models, same "
+        "scores, 95 % bootstrap intervals over participants; study.tsv has every score as "
+        "ood_<score>.", "muted")
+    return h.join([h.Html(f'<div class="scroll">{content}</div>'), note])
 
 
 def _cost(figures: Mapping[str, Path]) -> h.Html:

@@ -182,7 +182,7 @@ def pretraining_key(settings: Settings, job: Pretraining, split: StudySplit,
         # the training participants choose the crops in "train" mode, the held-out
         # ones (validation or test alike) those left out in "all" mode
         "train": list(split.train),
-        "held_out": sorted({*split.validation, *split.test}),
+        "held_out": sorted({*split.validation, *split.test, *split.ood_test}),
         "seed": settings.run.seed,
         "device": settings.run.device,
         **{key: plain[key] for key in ("template", "crop", "intensity", "labels", "model")},

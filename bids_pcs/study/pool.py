@@ -10,8 +10,8 @@ image, hemisphere); each pre-training job reads them back (SHA-256 checked)
 and keeps, for its split (:func:`pretraining_indices`):
 
 - ``[study] pretrain_pool = "all"`` (default): every crop but those of BIDS_DIR's
-  validation and test participants, so held-out participants are never seen,
-  not even without labels;
+  validation, test and out-of-distribution (``[study] test_on``) participants,
+  so held-out participants are never seen, not even without labels;
 - ``"train"``: the crops of BIDS_DIR's training participants only (the
   labelled set's share, as when pre-training sees no extra image).
 
@@ -149,7 +149,7 @@ def pretraining_indices(pool: PoolCache, split: StudySplit, mode: str) -> list[i
         wanted = set(split.train)
         return [i for i, r in enumerate(pool.records)
                 if r.dataset == main and r.subject in wanted]
-    held_out = set(split.validation) | set(split.test)
+    held_out = set(split.validation) | set(split.test) | set(split.ood_test)
     return [i for i, r in enumerate(pool.records)
             if not (r.dataset == main and r.subject in held_out)]
 

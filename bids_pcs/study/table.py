@@ -30,6 +30,10 @@ Columns of ``study.tsv`` (``n/a`` where a value does not exist):
   time of the fine-tuning loop, validation included), ``seconds_per_epoch``,
   ``epochs``, ``best_epoch``; ``pretrain_seconds`` (the shared pre-training,
   0 from scratch) and ``total_seconds`` (both);
+- with ``[study] test_on``: ``n_ood_test_participants``,
+  ``n_ood_test_hemispheres`` and every score again as ``ood_<score>`` (with
+  its interval) on the out-of-distribution participants, beside the
+  in-distribution one (``n/a`` without ``test_on``);
 - ``peak_memory_mb`` (fine-tuning process, see ``memory_kind``),
   ``baseline_memory_mb``, ``pretrain_peak_memory_mb``, ``memory_kind``
   (``cuda_max_allocated`` or ``cpu_peak_rss``), ``device``;
@@ -69,12 +73,15 @@ COST_COLUMNS = ("learning_rate", "finetune_seconds", "seconds_per_epoch", "epoch
                 "baseline_memory_mb", "pretrain_peak_memory_mb", "memory_kind", "device",
                 "trainable_parameters", "frozen_parameters", "adapter_parameters",
                 "total_parameters", "trainable_fraction")
+OOD_PREFIX = "ood_"
 COLUMNS: tuple[str, ...] = (
     *IDENTITY_COLUMNS,
     *(f"{m}{suffix}" for m in METRICS
       for suffix in ("", "_ci_lower", "_ci_upper", "_n", "_seed_sd")),
     *(f"{m}_vs_{ref}{suffix}" for m in PAIRED_METRICS for ref in REFERENCES
       for suffix in ("", "_ci_lower", "_ci_upper")),
+    "n_ood_test_participants", "n_ood_test_hemispheres",
+    *(f"{OOD_PREFIX}{m}{suffix}" for m in METRICS for suffix in ("", "_ci_lower", "_ci_upper")),
     *COST_COLUMNS,
 )
 
@@ -98,6 +105,7 @@ def results_table(grid: Grid, configurations: Mapping[Configuration, dict[str, A
         draws[key] = drawn
         pre = [pretrainings.get(job.pretraining) for job in jobs if job.pretraining]
         rows.append(_row(key, records, [p for p in pre if p], runs, drawn, len(grid.folds)))
+        rows[-1].update(_ood_scores([job.seed for job in jobs], records, n_resamples, seed))
     for row in rows:
         key = (row["method"], row["strategy"], row["label_fraction"])
         references = {"scratch": (SCRATCH, row["strategy"], row["label_fraction"]),
@@ -162,6 +170,34 @@ def _row(key: tuple[str, str, float], records: list[dict[str, Any]],
         "trainable_fraction": first["trainable_fraction"],
     })
     return row
+
+
+def _ood_scores(seeds: list[int | None], records: list[dict[str, Any]], n_resamples: int,
+                seed: int) -> dict[str, Any]:
+    """``ood_<score>`` of one row (``[study] test_on``; empty without it).
+
+    Every fold's model predicts the same out-of-distribution participants; the
+    rows of all folds are pooled per training seed, and the bootstrap
+    resamples participants with all their rows.
+    """
+    if not records or not all(record.get("ood_test_rows") for record in records):
+        return {}
+    by_seed: dict[int | None, list[dict[str, Any]]] = {}
+    for job_seed, record in zip(seeds, records, strict=True):
+        by_seed.setdefault(job_seed, []).extend(record["ood_test_rows"])
+    runs = ScoredRuns.from_records(list(by_seed.values()))
+    drawn = runs.draws(n_resamples, seed) if n_resamples > 0 else runs.scores()
+    estimate = drawn.estimate if isinstance(drawn, BootstrapDraws) else drawn
+    out: dict[str, Any] = {"n_ood_test_participants": len(set(runs.participants)),
+                           "n_ood_test_hemispheres": len(set(runs.crops))}
+    for name in METRICS:
+        low = high = float("nan")
+        if isinstance(drawn, BootstrapDraws):
+            interval = drawn.interval(name, LEVEL)
+            low, high = interval.lower, interval.upper
+        key = OOD_PREFIX + name
+        out.update({key: estimate[name], f"{key}_ci_lower": low, f"{key}_ci_upper": high})
+    return out
 
 
 def _difference(mine: BootstrapDraws | dict[str, float],

@@ -14,7 +14,8 @@ Two kinds of job:
 - ``finetune``: one configuration: fine-tunes from scratch or from a
   pre-trained model on its labelled training crops (its label fraction) with
   its training seed, keeps the best epoch on the validation crops, maps its
-  test predictions to the native T1w grid and scores them against the native
+  test predictions (and, with ``[study] test_on``, the out-of-distribution
+  participants') to the native T1w grid and scores them against the native
   labels (:mod:`bids_pcs.study.native`), and writes a record with time,
   memory, parameter counts and one row per test hemisphere.
 
@@ -164,8 +165,8 @@ def run_configuration(job: dict[str, Any], settings: Settings) -> dict[str, Any]
                                               "training_seed": training_seed}})
     peak = peak_memory_mb(device)  # before prediction: the training's own peak
     started = time.perf_counter()
-    predictions = predict_crops(result.network.to(device), test.crops,
-                                batch_size=ft.batch_size, device=device,
+    network = result.network.to(device)
+    predictions = predict_crops(network, test.crops, batch_size=ft.batch_size, device=device,
                                 threshold=settings.inference.threshold, keep_probability=True)
     rows = native_rows(settings, predictions, test, cache.images)
     scoring_seconds = time.perf_counter() - started
@@ -204,6 +205,13 @@ def run_configuration(job: dict[str, Any], settings: Settings) -> dict[str, Any]
         "n_test_participants": len(split.test),
         "model_dir": job["model_dir"],
     }
+    if split.ood_test:  # [study] test_on: the same model on the held-out distribution
+        ood = labelled.select(split.ood_test)
+        ood_predictions = predict_crops(network, ood.crops, batch_size=ft.batch_size,
+                                        device=device, threshold=settings.inference.threshold,
+                                        keep_probability=True)
+        record["ood_test_rows"] = native_rows(settings, ood_predictions, ood, cache.images)
+        record["n_ood_test_participants"] = len(split.ood_test)
     LOGGER.info("%s done: fine-tuning %.1f s, peak memory %.0f MiB, native test Dice %.3f "
                 "(%d hemispheres with a sulcus), presence balanced accuracy %.3f; scoring %.1f s.",
                 job["name"], record["finetune_seconds"], peak, record["test_scores"]["dice"],
