@@ -39,7 +39,7 @@ source, which distractor sulci were carved), and the classes `pcs_left` /
 `pcs_right` (absent < {options.labels.present_min_mm:g} mm <= present <=
 {options.labels.prominent_min_mm:g} mm < prominent) in `participants.tsv` here
 and there. `participants.tsv` also has `site` and `anatomy_source`, columns a
-an out-of-distribution test can hold out (train on sites A and C, test on B).
+study can hold out (`[study] test_on = "site=B"`).
 """, _sulcus_section(options), _base_sulci_section(options),
              _distractor_section(options), _prevalence_section(options),
              _variety_section(options)]

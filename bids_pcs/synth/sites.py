@@ -1,8 +1,7 @@
 """Acquisition sites: each one a T1w contrast family and a voxel size.
 
 A participant is scanned at one site (``site`` in participants.tsv), so a
-site is a shift an out-of-distribution test can hold out (train on sites A
-and C, test on B).
+site is a shift a study can hold out (``[study] test_on = "site=B"``).
 """
 
 from __future__ import annotations
