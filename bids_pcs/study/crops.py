@@ -28,7 +28,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -37,6 +37,8 @@ from bids_pcs.finetuning.data import CropInfo, LabelledCrops, load_labelled_crop
 from bids_pcs.io.atomic import write_json
 from bids_pcs.models.tensor_file import read_tensors, write_tensors
 from bids_pcs.training.data import CropSet
+
+_Cache = TypeVar("_Cache")
 
 if TYPE_CHECKING:
     from bids_pcs.io.labels import LabelRecord
@@ -97,7 +99,7 @@ def cache_labelled_crops(settings: Settings,
     folder = Path(folder)
     tensors_path, info_path = folder / TENSORS_NAME, folder / INFO_NAME
     fingerprint = inputs_fingerprint(settings, pairs)
-    cached = _read_cache(info_path, tensors_path, fingerprint)
+    cached = read_cache(CropCache, info_path, tensors_path, fingerprint)
     if cached is not None:
         LOGGER.info("Reusing the study's labelled crops in %s (%d crops).", tensors_path,
                     len(cached.info))
@@ -155,16 +157,23 @@ def inputs_fingerprint(settings: Settings,
     plain = {"format": CACHE_FORMAT, "images": items,
              "preprocessing": preprocessing_settings(settings),
              "labels": settings.to_dict()["labels"]}
-    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()
+    return fingerprint_of(plain)
 
 
-def _read_cache(info_path: Path, tensors_path: Path, fingerprint: str) -> CropCache | None:
+def read_cache(kind: type[_Cache], info_path: Path, tensors_path: Path,
+               fingerprint: str) -> _Cache | None:
+    """A cache of ``kind`` (its ``from_dict``) if both files are there and its inputs match."""
     if not (info_path.is_file() and tensors_path.is_file()):
         return None
     try:
         data = json.loads(info_path.read_text())
         if data.get("inputs_fingerprint") != fingerprint:
             return None
-        return CropCache.from_dict({**data, "tensors": str(tensors_path)})
+        return kind.from_dict({**data, "tensors": str(tensors_path)})
     except (OSError, ValueError, KeyError, TypeError):
         return None  # unreadable: rebuilt
+
+
+def fingerprint_of(plain: dict[str, Any]) -> str:
+    """A cache's inputs as one digest (JSON with sorted keys)."""
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()

@@ -40,6 +40,7 @@ from bids_pcs.config import RecipeError, Settings
 from bids_pcs.io.atomic import write_json
 from bids_pcs.models.tensor_file import read_tensors, write_tensors
 from bids_pcs.splits import StudySplit
+from bids_pcs.study.crops import fingerprint_of, read_cache
 from bids_pcs.training.data import CropSet, load_crop_set
 
 if TYPE_CHECKING:
@@ -119,7 +120,7 @@ def cache_pretraining_pool(settings: Settings, crop_files: Sequence[CropFile],
                                prefix=c.image.prefix, hemisphere=c.hemisphere)
                     for c in crop_files)
     fingerprint = _fingerprint(settings, crop_files, records)
-    cached = _read_cache(info_path, tensors_path, fingerprint)
+    cached = read_cache(PoolCache, info_path, tensors_path, fingerprint)
     if cached is not None:
         LOGGER.info("Reusing the study's pre-training pool in %s (%d crops).", tensors_path,
                     len(cached.records))
@@ -189,19 +190,7 @@ def _fingerprint(settings: Settings, crop_files: Sequence[CropFile],
         files.append((str(crop.path), stat.st_size, stat.st_mtime_ns))
     plain = {"records": [asdict(r) for r in records], "files": files,
              "preprocessing": preprocessing_settings(settings)}
-    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _read_cache(info_path: Path, tensors_path: Path, fingerprint: str) -> PoolCache | None:
-    if not (info_path.is_file() and tensors_path.is_file()):
-        return None
-    try:
-        data = json.loads(info_path.read_text())
-        if data.get("inputs_fingerprint") != fingerprint:
-            return None
-        return PoolCache.from_dict({**data, "tensors": str(tensors_path)})
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # unreadable: rebuilt
+    return fingerprint_of(plain)
 
 
 def selected_crops(pool: PoolCache, split: StudySplit, mode: str) -> tuple[CropSet,
