@@ -77,20 +77,36 @@ def disk_estimate(settings: Settings, voxels: int, *, with_model: bool) -> DiskE
 
 
 def check_writable(folder: Path, role: str, alternative: str) -> None:
-    """Write a file in ``folder`` (or, if it does not exist yet, in the folder it would be
-    made in), or raise :class:`NotWritableError`.
+    """Raise :class:`NotWritableError` unless ``folder`` can be written to.
 
-    The folder itself is not created: a run refused a moment later (a bad model, say)
-    leaves no empty work directory behind.
+    An existing folder is probed by writing a file in it. A folder that does not exist
+    yet is neither created nor probed by writing: a run refused a moment later (a bad
+    model, say) leaves no empty work directory behind, and nothing is ever written
+    outside OUTPUT_DIR and the work directory. The folder it would be made in is asked
+    instead (read-only file system, then access rights).
     """
-    target = Path(folder) if Path(folder).is_dir() else existing_parent(Path(folder))
-    probe = target / f".bids_pcs-write-test-{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise NotWritableError(f"{role} {folder} is not writable ({exc.strerror}); choose "
-                               f"{alternative} you can write to.") from exc
+    folder = Path(folder)
+    if folder.is_dir():
+        probe = folder / f".bids_pcs-write-test-{os.getpid()}"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            reason = exc.strerror
+        else:
+            return
+    else:
+        parent = existing_parent(folder)
+        if not parent.is_dir():
+            reason = f"{parent} is a file, not a folder"
+        elif os.statvfs(parent).f_flag & os.ST_RDONLY:
+            reason = "Read-only file system"
+        elif not os.access(parent, os.W_OK | os.X_OK):
+            reason = f"Permission denied in {parent}"
+        else:
+            return
+    raise NotWritableError(f"{role} {folder} is not writable ({reason}); choose "
+                           f"{alternative} you can write to.")
 
 
 def check_before_work(settings: Settings, images: Sequence[T1wImage]) -> None:
