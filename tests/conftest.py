@@ -25,6 +25,17 @@ def bids_examples(shared_data: Path) -> Path:
     return shared_data / "bids-examples"
 
 
+@pytest.fixture
+def two_torch_threads():
+    """Torch on two threads for the test (the machines' cores), restored after it."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
 def run_cli(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``bids_pcs`` in a fresh interpreter, as a user would."""
     cmd = [sys.executable, "-m", "bids_pcs.cli", *map(str, args)]

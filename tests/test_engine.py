@@ -21,13 +21,7 @@ from bids_pcs.pretraining import get_objective
 from bids_pcs.training.checkpoint import load_checkpoint
 from bids_pcs.training.engine import Engine, TrainConfig
 
-
-@pytest.fixture(autouse=True)
-def _few_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("two_torch_threads")
 
 
 def _engine(tmp_path, epochs, *, method="reconstruction", resume=False, seed=0, **config):

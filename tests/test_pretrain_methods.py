@@ -13,12 +13,7 @@ from bids_pcs.training.engine import Engine, TrainConfig
 METHODS = ("reconstruction", "contrastive", "adversarial", "diffusion")
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("two_torch_threads")
 
 
 def test_registry_has_the_four_methods():

@@ -14,13 +14,7 @@ from bids_pcs.finetuning import finetune
 from bids_pcs.training.engine import Engine, TrainConfig
 from bids_pcs.training.schedule import LearningRateSchedule, check_schedule
 
-
-@pytest.fixture(autouse=True)
-def _few_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("two_torch_threads")
 
 
 def test_cosine_warms_up_linearly_then_decays_to_zero():

@@ -42,15 +42,21 @@ class ValidationReport:
         return "; ".join(parts)
 
 
-def validate(dataset: Path, *, timeout_s: float = 600) -> ValidationReport:
-    """Run the validator on ``dataset`` and count its issues."""
+def validate(dataset: Path, *, recursive: bool = False,
+             timeout_s: float = 600) -> ValidationReport:
+    """Run the validator on ``dataset`` and count its issues.
+
+    ``recursive`` validates the derivative datasets under ``derivatives/`` too
+    (the validator's ``-r``) and counts their issues with the dataset's own.
+    """
     exe = shutil.which(VALIDATOR)
     if exe is None:
         raise InputDataError(
             f"{VALIDATOR} is not installed; install it (pip install bids-validator-deno) "
             "or pass --skip-bids-validation."
         )
-    proc = subprocess.run([exe, "--format", "json", str(dataset)], capture_output=True,
+    proc = subprocess.run([exe, "--format", "json", *(["-r"] if recursive else []),
+                           str(dataset)], capture_output=True,
                           text=True, timeout=timeout_s, check=False, env=_validator_env())
     try:
         result = json.loads(proc.stdout)
@@ -60,7 +66,10 @@ def validate(dataset: Path, *, timeout_s: float = 600) -> ValidationReport:
     errors: Counter = Counter()
     warnings: Counter = Counter()
     examples: dict[str, str] = {}
-    for issue in result.get("issues", {}).get("issues", []):
+    issues = list(result.get("issues", {}).get("issues", []))
+    for derivative in result.get("derivativesSummary", {}).values():
+        issues += derivative.get("issues", {}).get("issues", [])
+    for issue in issues:
         code = issue.get("code", "UNKNOWN")
         if issue.get("severity") == "error":
             errors[code] += 1
