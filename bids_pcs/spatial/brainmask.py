@@ -1,4 +1,4 @@
-"""A rough brain mask of a native T1w image, for registration only.
+"""Brain masks for registration: a native image's rough brain, a brain's interior.
 
 The template is skull-stripped; a whole-head scan is not.  Matching the two
 by mutual information lets scalp, skull and neck pull the fit (a larger
@@ -9,6 +9,10 @@ first of three Otsu classes (dark: background, bone, CSF), opened to cut the
 thin bridges through the skull, and the connected piece that fills the middle
 of the head.  On a skull-stripped image it returns the brain itself.
 Crops are always resampled from the unmasked image.
+
+:func:`brain_interior` is the other side of the same problem: the part of a
+brain mask far enough inside that a brain extraction and the head it came
+from hold the same image there (see :mod:`bids_pcs.spatial.registration`).
 """
 
 from __future__ import annotations
@@ -50,3 +54,21 @@ def rough_brain_mask(data: np.ndarray, spacing_mm: float) -> np.ndarray:
 
 def _ball(radius: int) -> np.ndarray:
     return ball(radius).astype(bool)
+
+
+def brain_interior(mask: np.ndarray, spacing_mm: float, depth_mm: float,
+                   closing_mm: float) -> np.ndarray:
+    """Voxels of ``mask`` more than ``depth_mm`` inside its outer surface.
+
+    The mask is closed by ``closing_mm`` first (and its holes filled), so the
+    surface is the brain's hull: the interhemispheric fissure and the sulci
+    are inside, and only the outer surface is eroded.  Distances are
+    Euclidean, in millimetres on the isotropic ``spacing_mm`` grid; the array
+    is padded so that a brain touching the grid's edge closes like any other.
+    """
+    pad = int(np.ceil(closing_mm / spacing_mm)) + 1
+    padded = np.pad(np.asarray(mask, dtype=bool), pad)
+    dilated = ndimage.distance_transform_edt(~padded, sampling=spacing_mm) <= closing_mm
+    closed = ndimage.distance_transform_edt(dilated, sampling=spacing_mm) > closing_mm
+    hull = ndimage.binary_fill_holes(closed[pad:-pad, pad:-pad, pad:-pad])
+    return ndimage.distance_transform_edt(hull, sampling=spacing_mm) > depth_mm

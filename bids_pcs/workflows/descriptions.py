@@ -14,6 +14,7 @@ from typing import Any
 
 from bids_pcs import CODE_URL
 from bids_pcs.config import Settings
+from bids_pcs.spatial.registration import INTERIOR_DEPTH_MM
 
 _ARCHITECTURES = {"swinunetr": "a SwinUNETR [@swinunetr]", "cnn": "a compact residual 3D CNN"}
 _METHODS = {
@@ -46,6 +47,10 @@ def preprocessing_description(settings: Settings) -> str:
         stages += ", refined on the medial frontal region"
     if reg.deformable:
         stages += ", followed by a deformable SyN stage [@syn]"
+    # the brain's interior looks the same in a brain extraction and in its whole head
+    refined_where = (f" (for the refinement, only where the template brain lies more than "
+                     f"{INTERIOR_DEPTH_MM:g} mm inside its outer surface)"
+                     if reg.refine_on_region else "")
     mirror = (" The right crop was mirrored onto the left so one model serves both "
               "hemispheres." if crop.mirror_right else "")
     masking = {
@@ -64,14 +69,14 @@ def preprocessing_description(settings: Settings) -> str:
         f"[@mni2009] as shipped with nilearn [@nilearn], with ANTs [@ants] through antspyx "
         f"in a Nipype [@nipype] workflow: {masking}; a multi-start rigid search found the "
         f"initial alignment, then {stages}, using Mattes mutual information "
-        f"inside the dilated template brain mask, with a fixed seed and one thread so that "
-        f"a rerun gives the same transform. A {size} mm box per hemisphere around the "
-        f"paracingulate region was resampled at {crop.voxel_mm:g} mm directly from the "
-        f"native image through the composed transform (a single interpolation), and its "
-        f"intensities normalised by {norm}.{mirror} Registration quality was checked per "
-        f"image as the correlation between each crop and the template within the box "
-        f"(threshold {reg.qc_min_correlation:g}); failing images were excluded from "
-        f"further analysis."
+        f"inside the dilated template brain mask{refined_where}, with a fixed seed and one "
+        f"thread so that a rerun gives the same transform. A {size} mm box per hemisphere "
+        f"around the paracingulate region was resampled at {crop.voxel_mm:g} mm directly "
+        f"from the native image through the composed transform (a single interpolation), "
+        f"and its intensities normalised by {norm}.{mirror} Registration quality was "
+        f"checked per image as the correlation between each crop and the template within "
+        f"the box (threshold {reg.qc_min_correlation:g}); failing images were excluded "
+        f"from further analysis."
     )
 
 
