@@ -308,22 +308,32 @@ def presence_metrics(true_classes: Sequence[str | int] | np.ndarray,
 
 
 def classification_metrics(true_classes: Sequence[str | int] | np.ndarray,
-                           probabilities: Any) -> ClassificationMetrics:
+                           probabilities: Any, *,
+                           predicted: Sequence[str | int] | np.ndarray | None = None,
+                           presence_score: Sequence[float] | np.ndarray | None = None
+                           ) -> ClassificationMetrics:
     """Three-class and presence scores from (n, 3) class probabilities of a model.
 
     With (n, 2) probabilities of the binary scheme, ``accuracy_3class`` is the
     exact binary accuracy and the confusion is 2x2.
 
-    The predicted class is the most probable one (as written to the per-image
-    results); presence is predicted when that class is not "absent", and the
-    presence probability ``p_present + p_prominent`` ranks for the ROC AUC.
+    The predicted class is the most probable one unless ``predicted`` gives
+    the classes that were reported (the class rule of
+    :mod:`bids_pcs.inference.calls`: the class of the measured length);
+    presence is predicted when that class is not "absent". The ROC AUC ranks
+    by ``presence_score`` when given (the measured length, for the length
+    rule), else by the presence probability ``p_present + p_prominent``.
     """
     probs = _as_float_array(probabilities)
     truth = encode_classes(true_classes)
-    score = presence_probability(probs)
-    if truth.size != probs.shape[0]:
-        raise ValueError(f"{truth.size} true classes but {probs.shape[0]} probability rows")
-    pred = np.argmax(probs, axis=1)
+    score = (presence_probability(probs) if presence_score is None
+             else np.asarray(presence_score, dtype=float).ravel())
+    if truth.size != probs.shape[0] or score.size != truth.size:
+        raise ValueError(f"{truth.size} true classes but {probs.shape[0]} probability rows "
+                         f"and {score.size} presence scores")
+    pred = np.argmax(probs, axis=1) if predicted is None else encode_classes(predicted)
+    if pred.size != truth.size:
+        raise ValueError(f"{truth.size} true classes but {pred.size} predicted ones")
     k = probs.shape[1]
     confusion = np.zeros((k, k), dtype=np.int64)
     np.add.at(confusion, (truth, pred), 1)
@@ -428,7 +438,10 @@ def hemisphere_scores(true_classes: Sequence[str | int | None] | np.ndarray, pro
                       *, dice: Sequence[float] | np.ndarray,
                       hd95_mm: Sequence[float] | np.ndarray,
                       true_voxels: Sequence[int] | np.ndarray,
-                      has_mask: Sequence[bool] | np.ndarray | None = None) -> HemisphereScores:
+                      has_mask: Sequence[bool] | np.ndarray | None = None,
+                      predicted_classes: Sequence[str | int] | np.ndarray | None = None,
+                      presence_score: Sequence[float] | np.ndarray | None = None
+                      ) -> HemisphereScores:
     """Scores of a set of hemispheres (see :class:`HemisphereScores` for what counts where).
 
     Args:
@@ -440,6 +453,9 @@ def hemisphere_scores(true_classes: Sequence[str | int | None] | np.ndarray, pro
             (``nan`` where there is no true mask or HD95 is undefined).
         true_voxels: voxels of each true mask (0: no sulcus in the mask).
         has_mask: whether each hemisphere has a true mask at all (default: all).
+        predicted_classes, presence_score: the reported class of each hemisphere
+            and what ranks it for the AUC (see :func:`classification_metrics`;
+            default: the most probable class and the presence probability).
     """
     dice = np.asarray(dice, dtype=float).ravel()
     distances = np.asarray(hd95_mm, dtype=float).ravel()
@@ -454,7 +470,11 @@ def hemisphere_scores(true_classes: Sequence[str | int | None] | np.ndarray, pro
     if known.size != dice.size:
         raise ValueError(f"{known.size} classes but {dice.size} mask scores")
     probs = _as_float_array(probabilities)
-    classes = (classification_metrics(classes_known, probs[known]) if known.any()
+    predicted = None if predicted_classes is None else encode_classes(predicted_classes)[known]
+    ranking = (None if presence_score is None
+               else np.asarray(presence_score, dtype=float).ravel()[known])
+    classes = (classification_metrics(classes_known, probs[known], predicted=predicted,
+                                      presence_score=ranking) if known.any()
                else _no_classes())
     return HemisphereScores(
         n=int(dice.size),

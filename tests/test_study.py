@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 from conftest import run_cli
 
-from bids_pcs.config import load_settings
+from bids_pcs.config import PCS_CLASSES, LabelSettings, load_settings
 from bids_pcs.models.model_io import read_model_card
 from bids_pcs.splits import StudySplit
 from bids_pcs.study.plan import Configuration, Pretraining, configuration_key, pretraining_key
@@ -167,7 +167,13 @@ def test_test_scores_are_on_the_native_grid_against_the_native_labels(study_run)
         truth = np.asanyarray(nib.load(dseg).dataobj) == labels[row["hemisphere"]]
         assert row["true_voxels"] == int(truth.sum())
         assert row["has_mask"] is True and 0.0 <= row["dice"] <= 1.0
-        assert row["predicted_class"] in ("absent", "present", "prominent")
+        # the class a user would be given: the class of the measured length (the model
+        # learnt masks), whatever the head says; the head's class is kept beside it
+        assert row["class_rule"] == "length"
+        assert row["predicted_class"] == LabelSettings().class_from_length(
+            row["predicted_length_mm"])
+        assert row["presence_score"] == pytest.approx(row["predicted_length_mm"])
+        assert row["network_class"] == PCS_CLASSES[int(np.argmax(row["probabilities"]))]
     scores = record["test_scores"]
     with_sulcus = sum(1 for r in record["test_rows"] if r["true_voxels"] > 0)
     assert scores["dice_n"] == with_sulcus

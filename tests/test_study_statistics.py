@@ -191,6 +191,22 @@ def test_rows_of_images_without_masks_count_for_presence_only():
     assert isinstance(pd.DataFrame([scores]), pd.DataFrame)
 
 
+def test_presence_scores_the_reported_class_and_ranks_by_the_presence_score():
+    rows = _rows(SUBJECTS[:10], lambda k: 0.6, p_right=1.0)
+    head_only = ScoredRuns.from_records([rows]).scores()
+    assert head_only["presence_balanced_accuracy"] == 1.0  # rows without a reported class
+    for row in rows:  # the head says "absent" everywhere, the lengths tell them apart
+        present = row["true_class"] == "present"
+        row.update(probabilities=[0.5, 0.3, 0.2], network_class="absent",
+                   predicted_class="present" if present else "absent",
+                   presence_score=30.0 if present else 5.0)
+    scores = ScoredRuns.from_records([rows]).scores()
+    assert scores["presence_balanced_accuracy"] == 1.0 and scores["presence_auc"] == 1.0
+    for row in rows:  # a reported class that is wrong where the head would be right
+        row["predicted_class"] = "absent"
+    assert ScoredRuns.from_records([rows]).scores()["presence_balanced_accuracy"] == 0.5
+
+
 def test_out_of_distribution_scores_sit_beside_the_in_distribution_ones():
     grid = Grid(methods=("scratch",), strategies=("top",), folds=(0,))
     record = _record(_rows(SUBJECTS[:20], lambda k: 0.6))

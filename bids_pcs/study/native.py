@@ -14,7 +14,14 @@ inference treats it:
 2. each hemisphere's mask is compared with the native label dseg of the
    label dataset: Dice and HD95 in millimetres with the image's own voxel
    spacing (:func:`bids_pcs.metrics.mask_metrics`);
-3. the class probabilities are kept for the presence and class scores.
+3. each hemisphere gets the class it would be *reported* with
+   (``predicted_class``), by the participant level's class rule
+   (:func:`bids_pcs.inference.calls.hemisphere_call`: for a model that learnt
+   masks, the class of the measured length under the protocol's thresholds),
+   with the head's own class (``network_class``) and probabilities beside it,
+   and ``presence_score``, what ranks presence for the AUC (the measured
+   length in mm under the length rule, ``p_present + p_prominent`` under the
+   network rule).
 
 A hemisphere whose image has no dseg (class-only labels) gets a row without
 mask scores (``has_mask`` false), so that segmentation scores rest only on
@@ -22,8 +29,8 @@ images with a mask; :func:`bids_pcs.metrics.hemisphere_scores` counts them.
 
 Usage::
 
-    rows = native_rows(settings, predictions, test, cache.images)
-    rows[0]["dice"], rows[0]["hd95_mm"], rows[0]["spacing_mm"]
+    rows = native_rows(settings, predictions, test, cache.images, rule="length")
+    rows[0]["dice"], rows[0]["hd95_mm"], rows[0]["predicted_class"], rows[0]["network_class"]
 """
 
 from __future__ import annotations
@@ -42,7 +49,8 @@ from bids_pcs.finetuning.evaluation import CropPredictions
 
 
 def native_rows(settings: Settings, predictions: CropPredictions, test: LabelledCrops,
-                images: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+                images: Mapping[str, Mapping[str, Any]], *, rule: str
+                ) -> list[dict[str, Any]]:
     """One row per test hemisphere, scored on the native T1w grid.
 
     Args:
@@ -53,12 +61,15 @@ def native_rows(settings: Settings, predictions: CropPredictions, test: Labelled
         test: the test crops (both hemispheres of every image).
         images: prefix -> the image's source record (see
             :func:`bids_pcs.study.crops.image_source`).
+        rule: the class rule in force for the model (``"length"`` or
+            ``"network"``, :func:`bids_pcs.inference.calls.class_rule`).
 
     Raises:
         InputDataError: an image's preprocessing outputs are gone, or its
             label dseg is not on its T1w grid.
     """
     from bids_pcs import metrics
+    from bids_pcs.inference.calls import RULE_LENGTH, hemisphere_call
     from bids_pcs.inference.native import to_native
     from bids_pcs.inference.predict import HemispherePrediction
     from bids_pcs.io.labels import load_dseg
@@ -66,7 +77,6 @@ def native_rows(settings: Settings, predictions: CropPredictions, test: Labelled
 
     if predictions.pcs_probability is None:
         raise ValueError("native scoring needs the voxel probabilities (keep_probability=True)")
-    classes = settings.labels.classes
     by_image: dict[str, dict[str, int]] = {}
     for k, item in enumerate(test.info):
         by_image.setdefault(item.prefix, {})[item.hemisphere] = k
@@ -91,13 +101,19 @@ def native_rows(settings: Settings, predictions: CropPredictions, test: Labelled
         for hemisphere, k in index.items():
             item = test.info[k]
             mine = predicted[hemisphere]
+            probabilities = predictions.probabilities[k]
+            length_mm = native.morphometry[hemisphere].length_mm
+            call = hemisphere_call(rule, probabilities, length_mm, settings.labels)
             row = {
                 "crop": item.name, "participant": item.subject, "session": item.session,
                 "image": prefix, "hemisphere": hemisphere, "true_class": item.pcs_class,
-                "probabilities": [float(p) for p in predictions.probabilities[k]],
-                "predicted_class": classes[int(np.argmax(predictions.probabilities[k]))],
+                "probabilities": [float(p) for p in probabilities],
+                "predicted_class": call.pcs_class, "network_class": call.network_class,
+                "class_rule": call.rule,
+                "presence_score": (float(length_mm) if call.rule == RULE_LENGTH else
+                                   float(metrics.presence_probability(probabilities[None])[0])),
                 "has_mask": truth is not None, "predicted_voxels": int(mine.sum()),
-                "predicted_length_mm": native.morphometry[hemisphere].length_mm,
+                "predicted_length_mm": length_mm,
                 "spacing_mm": list(spacing), "grid": "native T1w",
             }
             if truth is None:

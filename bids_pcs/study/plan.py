@@ -32,6 +32,7 @@ from typing import Any
 from bids_pcs import __version__
 from bids_pcs.config import RecipeError, Settings, StudySettings
 from bids_pcs.splits import StudySplit, check_label_fractions
+from bids_pcs.study.scoring import NATIVE_SCORING
 
 SCRATCH = "scratch"
 
@@ -199,6 +200,7 @@ def configuration_key(settings: Settings, job: Configuration, split: StudySplit,
     plain = settings.to_dict()
     return _digest({
         "version": __version__,
+        "scoring": NATIVE_SCORING,
         "job": job.name,
         "data": data_digest,
         "split": split.to_dict(),

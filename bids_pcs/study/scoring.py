@@ -11,8 +11,13 @@ hemispheres it rests on (``<score>_n``):
 - ``dice`` over hemispheres whose true mask has a sulcus; ``hd95_mm`` (mm,
   with each image's voxel spacing) over those where the prediction is not
   empty; images without a mask never count for either;
-- presence (absent vs present/prominent, from the most probable class; the
-  AUC ranks by ``p_present + p_prominent``): ``presence_sensitivity``,
+- presence (absent vs present/prominent) and class, of the class each
+  hemisphere would be *reported* with (the row's ``predicted_class``: the
+  class rule of :mod:`bids_pcs.inference.calls`, the class of the measured
+  length for a model that learnt masks; rows written before the rule, the
+  most probable class), the AUC ranking by the row's ``presence_score`` (the
+  measured length under the length rule, else ``p_present + p_prominent``):
+  ``presence_sensitivity``,
   ``presence_specificity``, ``presence_balanced_accuracy``, ``presence_auc``,
   ``presence_accuracy``, ``presence_f1``; the three classes:
   ``accuracy_3class``, ``balanced_accuracy_3class``, ``macro_f1_3class``.
@@ -57,6 +62,10 @@ PAIRED_METRICS: tuple[str, ...] = (
 )
 LOWER_IS_BETTER: frozenset[str] = frozenset({"hd95_mm"})
 LEVEL = 0.95
+# part of every configuration's key (bids_pcs.study.plan): records whose rows were made or
+# are scored another way (before the class rule: the head's class) are recomputed, not
+# mixed in; change it when what a test row holds or how it is scored changes
+NATIVE_SCORING = "native T1w grid, reported class (class rule), v1"
 
 
 @dataclass(frozen=True)
@@ -70,7 +79,9 @@ class ScoredRuns:
         true_voxels: voxels of the true native mask (0 without a sulcus or a mask).
         has_mask: whether the hemisphere's image has a label mask at all.
         dice, hd95_mm: (seeds, hemispheres), ``nan`` where undefined.
-        probabilities: (seeds, hemispheres, 3) class probabilities.
+        probabilities: (seeds, hemispheres, 3) class probabilities of the head.
+        predicted: (seeds, hemispheres) indices of the reported classes.
+        presence_score: (seeds, hemispheres) what ranks presence for the AUC.
     """
 
     crops: tuple[str, ...]
@@ -81,6 +92,8 @@ class ScoredRuns:
     dice: np.ndarray
     hd95_mm: np.ndarray
     probabilities: np.ndarray
+    predicted: np.ndarray
+    presence_score: np.ndarray
 
     @classmethod
     def from_records(cls, runs: Sequence[Sequence[dict[str, Any]]]) -> ScoredRuns:
@@ -97,6 +110,8 @@ class ScoredRuns:
             if tuple(r["crop"] for r in rows) != crops:
                 raise ValueError("the seeds of a row tested different hemispheres")
         first = ordered[0]
+        probabilities = np.array([[r["probabilities"] for r in rows] for rows in ordered],
+                                 dtype=float)
         return cls(
             crops=crops,
             participants=np.array([r["participant"] for r in first], dtype=object),
@@ -107,8 +122,11 @@ class ScoredRuns:
             has_mask=np.array([bool(r.get("has_mask", True)) for r in first]),
             dice=np.array([[_number(r["dice"]) for r in rows] for rows in ordered]),
             hd95_mm=np.array([[_number(r["hd95_mm"]) for r in rows] for rows in ordered]),
-            probabilities=np.array([[r["probabilities"] for r in rows] for rows in ordered],
-                                   dtype=float),
+            probabilities=probabilities,
+            predicted=np.array([[_reported_class(r) for r in rows] for rows in ordered],
+                               dtype=np.int64),
+            presence_score=np.array([[_presence_score(r) for r in rows] for rows in ordered],
+                                    dtype=float),
         )
 
     @property
@@ -121,7 +139,9 @@ class ScoredRuns:
         return [metrics.hemisphere_scores(
             self.true_classes[index], self.probabilities[s, index], dice=self.dice[s, index],
             hd95_mm=self.hd95_mm[s, index], true_voxels=self.true_voxels[index],
-            has_mask=self.has_mask[index]).as_dict() for s in range(self.n_seeds)]
+            has_mask=self.has_mask[index], predicted_classes=self.predicted[s, index],
+            presence_score=self.presence_score[s, index]).as_dict()
+            for s in range(self.n_seeds)]
 
     def scores(self, index: np.ndarray | None = None) -> dict[str, float]:
         """Scores and counts averaged over the seeds (a seed where one is undefined skipped)."""
@@ -151,6 +171,18 @@ class ScoredRuns:
             warnings.simplefilter("ignore", RuntimeWarning)  # nan means on degenerate resamples
             return metrics.bootstrap_draws(self.scores, self.participants,
                                            n_resamples=n_resamples, seed=seed)
+
+
+def _reported_class(row: dict[str, Any]) -> int:
+    if row.get("predicted_class") is not None:
+        return int(metrics.encode_classes([row["predicted_class"]])[0])
+    return int(np.argmax(row["probabilities"]))
+
+
+def _presence_score(row: dict[str, Any]) -> float:
+    if row.get("presence_score") is not None:
+        return float(row["presence_score"])
+    return float(metrics.presence_probability(np.array([row["probabilities"]]))[0])
 
 
 def _number(value: Any) -> float:

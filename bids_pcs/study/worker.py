@@ -143,6 +143,7 @@ def run_configuration(job: dict[str, Any], settings: Settings) -> dict[str, Any]
 
     from bids_pcs.devices import resolve_device
     from bids_pcs.finetuning import finetune, predict_crops
+    from bids_pcs.inference.calls import class_rule
     from bids_pcs.study.native import native_rows
     from bids_pcs.study.scoring import ScoredRuns
 
@@ -168,7 +169,9 @@ def run_configuration(job: dict[str, Any], settings: Settings) -> dict[str, Any]
     network = result.network.to(device)
     predictions = predict_crops(network, test.crops, batch_size=ft.batch_size, device=device,
                                 threshold=settings.inference.threshold, keep_probability=True)
-    rows = native_rows(settings, predictions, test, cache.images)
+    # scored as the participant level would report it (the class rule of the model's card)
+    rule = class_rule(settings.inference.class_rule, result.card)
+    rows = native_rows(settings, predictions, test, cache.images, rule=rule)
     scoring_seconds = time.perf_counter() - started
     history = result.train.history
     strategy = result.strategy
@@ -210,7 +213,8 @@ def run_configuration(job: dict[str, Any], settings: Settings) -> dict[str, Any]
         ood_predictions = predict_crops(network, ood.crops, batch_size=ft.batch_size,
                                         device=device, threshold=settings.inference.threshold,
                                         keep_probability=True)
-        record["ood_test_rows"] = native_rows(settings, ood_predictions, ood, cache.images)
+        record["ood_test_rows"] = native_rows(settings, ood_predictions, ood, cache.images,
+                                              rule=rule)
         record["n_ood_test_participants"] = len(split.ood_test)
     LOGGER.info("%s done: fine-tuning %.1f s, peak memory %.0f MiB, native test Dice %.3f "
                 "(%d hemispheres with a sulcus), presence balanced accuracy %.3f; scoring %.1f s.",
