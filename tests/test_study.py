@@ -269,7 +269,7 @@ def test_a_rerun_skips_finished_jobs_and_gives_the_same_table(study_run):
     assert second_seconds < first_seconds / 2, (first_seconds, second_seconds)
 
 
-def test_job_keys_follow_what_each_job_depends_on():
+def test_job_keys_follow_what_each_job_depends_on(monkeypatch):
     settings = load_settings("study-quick")
     split = StudySplit(fold=0, train=("01", "02"), validation=("03",), test=("04",))
     pre, config = Pretraining("contrastive"), Configuration("contrastive", "lora")
@@ -289,6 +289,10 @@ def test_job_keys_follow_what_each_job_depends_on():
     assert pretraining_key(settings, pre, split, "data", "pool") != key
     assert pretraining_key(settings.replace(study={"pretrain_pool": "train"}), pre, split,
                            "data") != key
+    # records scored another way (the head's class, before the class rule) are not reused
+    monkeypatch.setattr("bids_pcs.study.plan.NATIVE_SCORING", "another scoring")
+    assert configuration_key(settings, config, split, "data", "weights") != ckey
+    assert pretraining_key(settings, pre, split, "data") == key
 
 
 @pytest.mark.slow
