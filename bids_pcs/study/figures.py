@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 
 from bids_pcs.io.atomic import write_bytes
 from bids_pcs.reports.figures import report_style, to_png
@@ -139,6 +140,11 @@ def label_efficiency_figure(table: pd.DataFrame,
                                 linewidth=1.4, elinewidth=0.8, color=method_colour(method),
                                 label=method)
                 ax.set_xscale("log")
+                # the measured counts as plain numbers (log ticks like 2x10^1 overlap)
+                counts = sorted(set(part["n_labelled_participants"].dropna().round(1)))
+                ax.xaxis.set_major_locator(FixedLocator(counts))
+                ax.xaxis.set_major_formatter(FixedFormatter([f"{c:g}" for c in counts]))
+                ax.xaxis.set_minor_locator(NullLocator())
                 ax.set_xlabel(LABELS["n_labelled_participants"])
                 if j == 0:
                     ax.set_ylabel(LABELS.get(score, score))
