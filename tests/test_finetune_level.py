@@ -132,6 +132,15 @@ def _class_table(bids_dir, path):
     return path
 
 
+def _own_output(cohort_out, tmp_path, *extra):
+    """A copy of the cohort's preprocessed OUTPUT_DIR without its models, and the options
+    every CLI call of the test shares (``extra`` appended)."""
+    output_dir = tmp_path / "out"
+    shutil.copytree(cohort_out, output_dir, ignore=shutil.ignore_patterns("models"))
+    return output_dir, ("--recipe", RECIPE, "--skip-bids-validation", "--omp-nthreads", "2",
+                        "--device", "cpu", "-w", tmp_path / "work", *extra)
+
+
 def test_a_mixed_label_source_trains_masks_on_a_quarter_and_classes_on_the_rest(cohort,
                                                                                  tmp_path):
     bids_dir, labels_dir, output_dir, settings = cohort
@@ -168,11 +177,8 @@ def test_classes_only_then_ratings_close_the_loop(cohort, tmp_path):
 
     exe = require_browser()
     bids_dir, _, cohort_out, _ = cohort
-    output_dir = tmp_path / "out"
-    shutil.copytree(cohort_out, output_dir, ignore=shutil.ignore_patterns("models"))
+    output_dir, common = _own_output(cohort_out, tmp_path)
     table = _class_table(bids_dir, tmp_path / "classes.tsv")
-    common = ("--recipe", RECIPE, "--skip-bids-validation", "--omp-nthreads", "2",
-              "--device", "cpu", "-w", tmp_path / "work")
     done = run_cli(bids_dir, output_dir, "finetune", "--init", "scratch", "--strategy", "full",
                    "--labels", table, "--set", "finetune.epochs=2", "--model-name",
                    "classes-only", *common)
@@ -224,11 +230,8 @@ def test_classes_only_then_ratings_close_the_loop(cohort, tmp_path):
 def test_binary_labels_run_end_to_end(cohort, tmp_path):
     """[labels] classes = absent/present: finetune, participant --model, group."""
     bids_dir, labels_dir, cohort_out, _ = cohort
-    output_dir = tmp_path / "out"
-    shutil.copytree(cohort_out, output_dir, ignore=shutil.ignore_patterns("models"))
-    binary = ("--set", 'labels.classes=["absent", "present"]')
-    common = ("--recipe", RECIPE, "--skip-bids-validation", "--omp-nthreads", "2",
-              "--device", "cpu", "-w", tmp_path / "work", *binary)
+    output_dir, common = _own_output(cohort_out, tmp_path,
+                                     "--set", 'labels.classes=["absent", "present"]')
     done = run_cli(bids_dir, output_dir, "finetune", "--init", "scratch", "--strategy", "full",
                    "--labels", labels_dir, "--set", "finetune.epochs=1", "--model-name",
                    "binary", *common)

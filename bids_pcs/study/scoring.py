@@ -123,10 +123,14 @@ class ScoredRuns:
             dice=np.array([[_number(r["dice"]) for r in rows] for rows in ordered]),
             hd95_mm=np.array([[_number(r["hd95_mm"]) for r in rows] for rows in ordered]),
             probabilities=probabilities,
-            predicted=np.array([[_reported_class(r) for r in rows] for rows in ordered],
-                               dtype=np.int64),
-            presence_score=np.array([[_presence_score(r) for r in rows] for rows in ordered],
-                                    dtype=float),
+            # rows written before the class rule hold neither: the head's answer stands in
+            predicted=_per_row(ordered, "predicted_class", np.argmax(probabilities, axis=-1),
+                               lambda names: metrics.encode_classes(names)),
+            presence_score=_per_row(
+                ordered, "presence_score",
+                metrics.presence_probability(probabilities.reshape(-1, probabilities.shape[-1])
+                                             ).reshape(probabilities.shape[:2]),
+                lambda values: np.asarray(values, dtype=float)),
         )
 
     @property
@@ -173,16 +177,15 @@ class ScoredRuns:
                                            n_resamples=n_resamples, seed=seed)
 
 
-def _reported_class(row: dict[str, Any]) -> int:
-    if row.get("predicted_class") is not None:
-        return int(metrics.encode_classes([row["predicted_class"]])[0])
-    return int(np.argmax(row["probabilities"]))
-
-
-def _presence_score(row: dict[str, Any]) -> float:
-    if row.get("presence_score") is not None:
-        return float(row["presence_score"])
-    return float(metrics.presence_probability(np.array([row["probabilities"]]))[0])
+def _per_row(runs: Sequence[Sequence[dict[str, Any]]], key: str, fallback: np.ndarray,
+             convert: Any) -> np.ndarray:
+    """(seeds, hemispheres) of each row's ``key``, ``fallback`` where a row lacks it."""
+    out = fallback.copy()
+    for s, rows in enumerate(runs):
+        given = [k for k, row in enumerate(rows) if row.get(key) is not None]
+        if given:
+            out[s, given] = convert([rows[k][key] for k in given])
+    return out
 
 
 def _number(value: Any) -> float:
